@@ -1,0 +1,1 @@
+//! G1: one WAL index (being written).

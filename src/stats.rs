@@ -1,0 +1,137 @@
+//! Counters of every guard. Each intervention bumps one counter here and emits one
+//! `tracing` event (target `walguard`); [`crate::stats`] and the SQL function
+//! `walguard_stats()` read them.
+//!
+//! Counters are process-wide (per copy of walguard loaded into the process) and only
+//! ever grow. They are plain relaxed atomics: bumping one is not a system call and takes
+//! no lock.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+        /// A snapshot of walguard's counters, taken by [`crate::stats`].
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct Stats {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        pub(crate) struct Counters {
+            $( pub(crate) $name: AtomicU64, )*
+        }
+
+        impl Counters {
+            const fn new() -> Self {
+                Counters { $( $name: AtomicU64::new(0), )* }
+            }
+
+            fn snapshot(&self) -> Stats {
+                Stats { $( $name: self.$name.load(Ordering::Relaxed), )* }
+            }
+        }
+
+        impl Stats {
+            /// `(name, value)` for every counter, in declaration order.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![ $( (stringify!($name), self.$name), )* ]
+            }
+        }
+    };
+}
+
+counters! {
+    /// VFS registrations performed (`register`, extension entry points).
+    registrations,
+    /// Files of any kind opened through walguard.
+    files_opened,
+    /// Main database files opened through walguard.
+    db_opened,
+    /// `-wal` files opened through walguard.
+    wal_opened,
+    /// Opens that failed in the wrapped VFS or in walguard.
+    open_errors,
+    /// Panics caught at the FFI boundary and turned into SQLite error codes.
+    panics_caught,
+    /// G1: shared-memory (`-shm`) first mappings performed by this process.
+    shm_mapped,
+    /// G1: WAL lock requests served as open-file-description locks.
+    shm_locks_taken,
+    /// G1: a conflicting EXCLUSIVE lock on a database was refused because another
+    /// holder's lock was still present (seen from the closer's side).
+    exclusive_blocked,
+    /// G1: last-close deletions of `-wal`/`-shm` refused (persist answered, unmap
+    /// without delete, or a suppressed `xDelete`) because another holder exists.
+    unlink_refused,
+    /// G1: last-close clean-ups allowed because no other holder exists anywhere.
+    unlink_allowed,
+    /// G1: mirror descriptors whose close was deferred because the process still held
+    /// POSIX locks on the file.
+    mirror_close_deferred,
+    /// G1/G2: databases on which the sidecar lock file could not be used (read-only
+    /// directory or file); the guarantee is degraded there and a warning was logged.
+    degraded,
+    /// G2: first mappings of the `-shm` answered SQLITE_BUSY because another process
+    /// was setting up or tearing down the WAL.
+    setup_busy,
+    /// G2: tear-downs skipped (persist answered) because the life-cycle lock was held.
+    teardown_busy,
+    /// G3: short header reads retried.
+    header_retries,
+    /// G3: short header reads that stayed short after every retry (caller got
+    /// SQLITE_IOERR_READ).
+    header_retry_exhausted,
+    /// G3: transient zero file sizes retried.
+    size_retries,
+    /// G4: sidecars found unlinked or replaced under an open connection.
+    sidecar_replaced,
+    /// G5: torn extends detected after a sync.
+    torn_extends,
+    /// Hosts whose SQLite has the WAL-reset bug (3.7.0 – 3.51.2 without backport).
+    host_wal_reset_bug,
+}
+
+pub(crate) static COUNTERS: Counters = Counters::new();
+
+/// Adds one to a counter.
+macro_rules! bump {
+    ($name:ident) => {
+        $crate::stats::COUNTERS
+            .$name
+            .fetch_add(1, ::std::sync::atomic::Ordering::Relaxed)
+    };
+}
+pub(crate) use bump;
+
+pub(crate) fn snapshot() -> Stats {
+    COUNTERS.snapshot()
+}
+
+impl Stats {
+    /// The counters as a flat JSON object, e.g. `{"registrations":1,"files_opened":3,...}`.
+    pub fn to_json(&self) -> String {
+        let body: Vec<String> = self
+            .fields()
+            .into_iter()
+            .map(|(k, v)| format!("\"{k}\":{v}"))
+            .collect();
+        format!("{{{}}}", body.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lists_every_counter_once() {
+        let s = Stats {
+            files_opened: 7,
+            ..Stats::default()
+        };
+        let json = s.to_json();
+        assert!(json.starts_with('{') && json.ends_with('}'));
+        assert!(json.contains("\"files_opened\":7"));
+        assert_eq!(json.matches(':').count(), s.fields().len());
+    }
+}
