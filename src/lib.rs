@@ -25,8 +25,13 @@
 mod api;
 mod ext;
 mod fd;
+mod file_ops;
 pub mod g1_one_wal_index;
 mod g2_wal_lifecycle;
+mod g3_short_header_reads;
+mod g4_sidecar_identity;
+mod g5_torn_extend;
+mod header;
 mod io;
 mod registry;
 mod sqlfn;
