@@ -1,1 +1,65 @@
-//! (being written)
+//! The loadable extension's entry points (`--features loadable_extension`, built as a
+//! cdylib; see the README). SQLite derives `sqlite3_walguard_init` from the file name
+//! `libwalguard.so`. Every SQLite call goes through the host's `sqlite3_api_routines`,
+//! so the library carries no SQLite of its own.
+
+#[cfg(feature = "loadable_extension")]
+mod entry {
+    use crate::{api, io::guard, sqlfn, Options};
+    use libsqlite3_sys as ffi;
+    use std::os::raw::{c_char, c_int};
+
+    /// Loads walguard and makes it the process's default VFS.
+    ///
+    /// # Safety
+    /// Called by SQLite's extension loader with its own arguments.
+    #[no_mangle]
+    pub unsafe extern "C" fn sqlite3_walguard_init(
+        db: *mut ffi::sqlite3,
+        err: *mut *mut c_char,
+        routines: *const ffi::sqlite3_api_routines,
+    ) -> c_int {
+        // SAFETY: forwarded loader arguments.
+        unsafe { init(db, err, routines, true) }
+    }
+
+    /// Loads walguard without making it the default: only `?vfs=walguard` uses it.
+    ///
+    /// # Safety
+    /// Called by SQLite's extension loader with its own arguments.
+    #[no_mangle]
+    pub unsafe extern "C" fn sqlite3_walguard_nodefault_init(
+        db: *mut ffi::sqlite3,
+        err: *mut *mut c_char,
+        routines: *const ffi::sqlite3_api_routines,
+    ) -> c_int {
+        // SAFETY: forwarded loader arguments.
+        unsafe { init(db, err, routines, false) }
+    }
+
+    unsafe fn init(
+        db: *mut ffi::sqlite3,
+        err: *mut *mut c_char,
+        routines: *const ffi::sqlite3_api_routines,
+        make_default: bool,
+    ) -> c_int {
+        guard("extension init", ffi::SQLITE_ERROR, || {
+            // SAFETY: `routines` is the host's table, passed by its loader.
+            if api::install(|| unsafe { api::from_routines(routines) }).is_none() {
+                return ffi::SQLITE_ERROR;
+            }
+            let options = Options::default().make_default(make_default);
+            if let Err(e) = crate::vfs::register(&options) {
+                if !err.is_null() {
+                    // SAFETY: SQLite frees *err with sqlite3_free; we allocate with its malloc.
+                    unsafe { *err = api::sqlite_strdup(&e.to_string()) };
+                }
+                return ffi::SQLITE_ERROR;
+            }
+            // SAFETY: `db` is the connection loading us.
+            unsafe { sqlfn::add_to(db) };
+            // Stay loaded: the VFS outlives the connection that loaded it.
+            ffi::SQLITE_OK_LOAD_PERMANENTLY
+        })
+    }
+}

@@ -1,1 +1,258 @@
-//! (being written)
+//! Descriptors and record locks, as safe functions over `libc`.
+//!
+//! Two kinds of lock matter here (fcntl(2)):
+//! - POSIX record locks (`F_SETLK`), which SQLite's unix VFS uses. They belong to the
+//!   *process* and vanish when the process closes *any* descriptor of the file.
+//! - Open-file-description locks (`F_OFD_SETLK`, Linux), which walguard uses. They belong
+//!   to one open file description, survive a stray `close()` elsewhere in the process,
+//!   and conflict with POSIX locks of every other owner — other processes *and* this
+//!   process (so a read/read pair is compatible, but an OFD write lock conflicts with
+//!   this process's own POSIX lock on the same byte).
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::RawFd;
+
+/// A record-lock request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lock {
+    Read,
+    Write,
+    Unlock,
+}
+
+impl Lock {
+    fn l_type(self) -> libc::c_short {
+        (match self {
+            Lock::Read => libc::F_RDLCK,
+            Lock::Write => libc::F_WRLCK,
+            Lock::Unlock => libc::F_UNLCK,
+        }) as libc::c_short
+    }
+}
+
+/// A lock another owner holds, as `F_GETLK`/`F_OFD_GETLK` report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Holder {
+    pub write: bool,
+    /// The holder's pid for a POSIX lock, -1 for an open-file-description lock.
+    pub pid: i32,
+}
+
+fn flock(kind: Lock, start: i64, len: i64) -> libc::flock {
+    // SAFETY: `flock` is plain old data; all-zero is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind.l_type();
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start as libc::off_t;
+    fl.l_len = len as libc::off_t;
+    fl
+}
+
+#[cfg(target_os = "linux")]
+const OFD_SETLK: libc::c_int = libc::F_OFD_SETLK;
+#[cfg(target_os = "linux")]
+const OFD_GETLK: libc::c_int = libc::F_OFD_GETLK;
+
+/// Whether this platform has open-file-description locks.
+pub(crate) const HAVE_OFD: bool = cfg!(target_os = "linux");
+
+/// Takes or releases an open-file-description lock without blocking. `Ok(false)` means
+/// another owner holds a conflicting lock.
+pub(crate) fn ofd_lock(fd: RawFd, kind: Lock, start: i64, len: i64) -> io::Result<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        let fl = flock(kind, start, len);
+        // SAFETY: `fl` is a valid flock for the duration of the call; fcntl does not keep it.
+        let rc = unsafe { libc::fcntl(fd, OFD_SETLK, &fl) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+            _ => Err(err),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (fd, kind, start, len);
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+}
+
+fn getlk(
+    fd: RawFd,
+    cmd: libc::c_int,
+    kind: Lock,
+    start: i64,
+    len: i64,
+) -> io::Result<Option<Holder>> {
+    let mut fl = flock(kind, start, len);
+    // SAFETY: `fl` is a valid, writable flock for the duration of the call.
+    let rc = unsafe { libc::fcntl(fd, cmd, &mut fl) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if fl.l_type == libc::F_UNLCK as libc::c_short {
+        Ok(None)
+    } else {
+        Ok(Some(Holder {
+            write: fl.l_type == libc::F_WRLCK as libc::c_short,
+            pid: fl.l_pid,
+        }))
+    }
+}
+
+/// A lock that would conflict with an OFD lock of `kind` on `fd`: held by another process,
+/// another open file description, or this process's own POSIX locks.
+pub(crate) fn ofd_probe(fd: RawFd, kind: Lock, start: i64, len: i64) -> io::Result<Option<Holder>> {
+    #[cfg(target_os = "linux")]
+    {
+        getlk(fd, OFD_GETLK, kind, start, len)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (fd, kind, start, len);
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+}
+
+/// A lock that would conflict with a POSIX lock of `kind`: held by another process or by
+/// any open-file-description lock (this process's own POSIX locks are invisible).
+pub(crate) fn posix_probe(
+    fd: RawFd,
+    kind: Lock,
+    start: i64,
+    len: i64,
+) -> io::Result<Option<Holder>> {
+    getlk(fd, libc::F_GETLK, kind, start, len)
+}
+
+/// Opens `path` with `flags | O_CLOEXEC` (and `mode` when creating).
+pub(crate) fn open(path: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<RawFd> {
+    // SAFETY: `path` is NUL-terminated; open does not keep the pointer.
+    let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) };
+    if fd < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(fd)
+    }
+}
+
+/// `(st_dev, st_ino, st_mode, st_uid, st_gid)` of an open descriptor.
+pub(crate) fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: all-zero is a valid `stat`; fstat fills it or fails.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is writable for the duration of the call.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// `stat(2)` of a path (following links, as SQLite's own opens do).
+pub(crate) fn stat(path: &CStr) -> io::Result<libc::stat> {
+    // SAFETY: all-zero is a valid `stat`.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `st` writable for the call.
+    if unsafe { libc::stat(path.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// Closes a descriptor walguard owns. Callers decide *whether* closing is safe (see
+/// [`process_holds_posix_lock`]).
+pub(crate) fn close(fd: RawFd) {
+    // SAFETY: the caller owns `fd` and never uses it again.
+    unsafe { libc::close(fd) };
+}
+
+/// `fchmod`/`fchown` a file walguard just created so it matches the database's owner and
+/// permissions exactly (umask would otherwise narrow them). Best effort.
+pub(crate) fn match_owner_and_mode(fd: RawFd, like: &libc::stat) {
+    // SAFETY: plain syscalls on a descriptor walguard owns.
+    unsafe {
+        libc::fchmod(fd, like.st_mode & 0o7777);
+        if libc::geteuid() == 0 {
+            libc::fchown(fd, like.st_uid, like.st_gid);
+        }
+    }
+}
+
+/// Whether this process holds any POSIX record lock on a file with inode `ino`, from
+/// `/proc/locks`. Closing any descriptor of such a file would cancel those locks (SQLite's
+/// own, or another runtime's), so a mirror descriptor is closed only when this is false.
+/// Errs on the side of `true` (keep the descriptor) when `/proc/locks` cannot be read.
+/// Matching by inode alone (not device) is deliberate: some filesystems (overlayfs, btrfs)
+/// report a different device there than `stat` does; a false match only delays a close.
+pub(crate) fn process_holds_posix_lock(ino: u64) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/locks") else {
+        return true;
+    };
+    // SAFETY: getpid cannot fail.
+    let pid = unsafe { libc::getpid() }.to_string();
+    let ino = ino.to_string();
+    text.lines().any(|line| {
+        let mut f = line.split_whitespace().skip(1);
+        let (Some(class), Some(_), Some(_), Some(p), Some(id)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            return false;
+        };
+        class == "POSIX" && p == pid && id.rsplit(':').next() == Some(ino.as_str())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+
+    fn temp_file(dir: &tempfile::TempDir, name: &str) -> CString {
+        let p = dir.path().join(name);
+        std::fs::write(&p, b"x").expect("create temp file");
+        CString::new(p.to_str().expect("utf-8 temp path")).expect("no NUL")
+    }
+
+    #[test]
+    fn ofd_lock_survives_a_stray_close_and_posix_lock_does_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = temp_file(&dir, "f");
+        let mirror = open(&path, libc::O_RDWR, 0).expect("open mirror");
+        let sqlite = open(&path, libc::O_RDWR, 0).expect("open 'sqlite' fd");
+        // A POSIX read lock as SQLite would take it, and an OFD read mirror.
+        let fl = flock(Lock::Read, 10, 1);
+        // SAFETY: valid flock.
+        assert_eq!(unsafe { libc::fcntl(sqlite, libc::F_SETLK, &fl) }, 0);
+        assert!(ofd_lock(mirror, Lock::Read, 10, 1).expect("ofd lock"));
+        let ino = fstat(mirror).expect("fstat").st_ino;
+        assert!(
+            process_holds_posix_lock(ino),
+            "/proc/locks shows our POSIX lock"
+        );
+        // A stray open/close elsewhere in the process.
+        let stray = open(&path, libc::O_RDONLY, 0).expect("stray open");
+        close(stray);
+        assert!(
+            !process_holds_posix_lock(ino),
+            "the stray close cancelled the POSIX lock"
+        );
+        // The OFD lock is still there: a probe through another description sees it.
+        let other = open(&path, libc::O_RDWR, 0).expect("open other");
+        let seen = ofd_probe(other, Lock::Write, 10, 1).expect("probe");
+        assert_eq!(
+            seen,
+            Some(Holder {
+                write: false,
+                pid: -1
+            })
+        );
+        // And this process's own POSIX write lock would now conflict with it.
+        assert!(!ofd_lock(other, Lock::Write, 10, 1).expect("ofd write attempt"));
+        for fd in [mirror, sqlite, other] {
+            close(fd);
+        }
+    }
+}

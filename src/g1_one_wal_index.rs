@@ -1,1 +1,368 @@
-//! G1: one WAL index (being written).
+//! **G1 — one WAL index.** A walguard process never unlinks `-wal` or `-shm` while any
+//! other handle still has them open, and no stray `close()` can make another process
+//! believe it is the last one.
+//!
+//! How:
+//! - **Database SHARED mirror.** While any walguard handle of this process holds SHARED
+//!   (or more) on a database, walguard holds an open-file-description (OFD) read lock on
+//!   SQLite's SHARED byte range through its own read-only descriptor. A closer elsewhere
+//!   (with or without walguard) cannot get EXCLUSIVE, so it never checkpoints-and-unlinks,
+//!   even after a header peek or a second SQLite runtime in this process cancelled our
+//!   POSIX locks. The mirror is dropped just before this process's own sole holder asks
+//!   for EXCLUSIVE (an OFD lock conflicts with this process's own POSIX write lock).
+//! - **WAL locks as OFD locks.** The `-shm` lock bytes 120..127 are served by walguard
+//!   itself as OFD locks on its own `-shm` descriptor (with the same in-process counting
+//!   the unix VFS does), instead of process-owned POSIX locks: they survive stray closes
+//!   and conflict correctly with every other process's POSIX locks. Exclusive locks
+//!   cannot be *mirrored* (an OFD write lock conflicts with the process's own POSIX write
+//!   lock on the same byte: measured), so walguard takes them instead of the unix VFS.
+//!   The dead-man-switch byte 128 is mirrored with an OFD read lock, so nobody
+//!   re-initialises a `-shm` this process still maps.
+//! - **Refusal as the second wall.** At last close SQLite asks
+//!   `SQLITE_FCNTL_PERSIST_WAL`; walguard answers "persist" while another holder exists
+//!   (presence byte of `<db>-walguard`, or any lock on the `-shm` dead-man-switch byte
+//!   held by a process without walguard), and suppresses `xShmUnmap(delete)` and
+//!   `xDelete` of `-wal`/`-shm` likewise.
+//!
+//! Cost: an `open`+`fstat` of the database at first open, one `fcntl` when a handle
+//! enters or leaves SHARED (the unix VFS makes the same transitions), an `open`+`fstat`+
+//! `fcntl` of the `-shm` at the first mapping, WAL lock `fcntl`s exactly where the unix VFS
+//! makes its own (none added), and at close a read of `/proc/locks` and two lock probes.
+
+use crate::fd::{self, Lock};
+use crate::g2_wal_lifecycle as g2;
+use crate::registry::{self, inode_of, DbNode, DbState, ShmNode};
+use crate::stats::bump;
+use libsqlite3_sys as ffi;
+use parking_lot::Mutex;
+use std::ffi::{CStr, CString};
+use std::os::raw::c_int;
+use std::sync::Arc;
+
+/// SQLite's lock bytes on the database file (os_unix.c / pager).
+const PENDING_BYTE: i64 = 0x4000_0000;
+const SHARED_FIRST: i64 = PENDING_BYTE + 2;
+const SHARED_SIZE: i64 = 510;
+/// First WAL lock byte of the `-shm` and its dead-man switch.
+pub(crate) const SHM_BASE: i64 = 120;
+pub(crate) const SHM_DMS: i64 = 128;
+pub(crate) const SHM_NLOCK: usize = 8;
+
+// ---- database SHARED mirror -------------------------------------------------------
+
+fn take_mirror(node: &DbNode, st: &mut DbState) {
+    let Some(fd) = node.db_mirror else { return };
+    if st.mirror_held {
+        return;
+    }
+    match fd::ofd_lock(fd, Lock::Read, SHARED_FIRST, SHARED_SIZE) {
+        Ok(true) => st.mirror_held = true,
+        Ok(false) => tracing::warn!(target: "walguard", path = %node.path,
+            "could not mirror the SHARED lock: another process holds the database EXCLUSIVE"),
+        Err(e) => tracing::warn!(target: "walguard", path = %node.path, error = %e,
+            "could not mirror the SHARED lock"),
+    }
+}
+
+fn drop_mirror(node: &DbNode, st: &mut DbState) {
+    if let (Some(fd), true) = (node.db_mirror, st.mirror_held) {
+        let _ = fd::ofd_lock(fd, Lock::Unlock, SHARED_FIRST, SHARED_SIZE);
+        st.mirror_held = false;
+    }
+}
+
+/// A handle went from NONE to SHARED or above.
+pub(crate) fn entered_shared(node: &DbNode) {
+    let mut st = node.state.lock();
+    st.shared_holders += 1;
+    take_mirror(node, &mut st);
+}
+
+/// A handle is about to ask the wrapped VFS for EXCLUSIVE. Only when it is this
+/// process's sole SHARED holder are the mirrors dropped for it (an OFD lock conflicts with
+/// our own POSIX write lock, and SQLite >= 3.50 also refuses EXCLUSIVE while any lock on
+/// the `-shm` dead-man switch is visible — ours included). In WAL mode that EXCLUSIVE is
+/// the start of a tear-down (last close, journal-mode change), so it is taken under the
+/// life-cycle lock (G2); if that is busy nothing is dropped and the attempt fails.
+/// Returns whether the mirrors were dropped.
+pub(crate) fn before_exclusive(node: &DbNode, id: u64) -> bool {
+    let mut st = node.state.lock();
+    if st.shared_holders != 1 || !st.mirror_held {
+        return false;
+    }
+    if let Some(shm) = st.shm.clone() {
+        if st.shm_handles <= 1 {
+            if !g2::try_acquire(&mut st, id) {
+                bump!(teardown_busy);
+                tracing::info!(target: "walguard", path = %node.path, decision = "busy",
+                    "tear-down waits: another process is setting up or tearing down this WAL");
+                return false;
+            }
+            let _ = fd::ofd_lock(shm.fd, Lock::Unlock, SHM_DMS, 1);
+            st.dms_dropped = true;
+        }
+    }
+    drop_mirror(node, &mut st);
+    true
+}
+
+/// Puts back what `before_exclusive` dropped and ends the tear-down window.
+fn restore_after_exclusive(node: &DbNode, st: &mut DbState, id: u64) {
+    take_mirror(node, st);
+    if st.dms_dropped {
+        if let Some(shm) = st.shm.as_ref() {
+            let _ = fd::ofd_lock(shm.fd, Lock::Read, SHM_DMS, 1);
+        }
+        st.dms_dropped = false;
+    }
+    g2::release_locked(st, id);
+}
+
+/// The wrapped VFS refused EXCLUSIVE. Put the mirrors back, and say who blocked us.
+pub(crate) fn exclusive_refused(node: &DbNode, dropped: bool, id: u64) {
+    let mut st = node.state.lock();
+    if dropped {
+        restore_after_exclusive(node, &mut st, id);
+    }
+    drop(st);
+    if let Some(fd) = node.db_mirror {
+        if let Ok(Some(h)) = fd::posix_probe(fd, Lock::Write, SHARED_FIRST, SHARED_SIZE) {
+            bump!(exclusive_blocked);
+            tracing::debug!(target: "walguard", path = %node.path, holder_pid = h.pid,
+                by_ofd_mirror = (h.pid == -1),
+                "EXCLUSIVE refused: another holder still has the database open");
+        }
+    }
+}
+
+/// The handle went back to SHARED from EXCLUSIVE.
+pub(crate) fn back_to_shared(node: &DbNode, id: u64) {
+    let mut st = node.state.lock();
+    restore_after_exclusive(node, &mut st, id);
+}
+
+/// A handle dropped from SHARED or above to NONE.
+pub(crate) fn left_shared(node: &DbNode) {
+    let mut st = node.state.lock();
+    st.shared_holders = st.shared_holders.saturating_sub(1);
+    if st.shared_holders == 0 {
+        drop_mirror(node, &mut st);
+    }
+}
+
+// ---- -shm: presence, dead-man switch, WAL locks -----------------------------------
+
+/// Registers this instance as a WAL-index holder (presence byte of the lock file).
+pub(crate) fn hold_presence(node: &DbNode, st: &DbState) {
+    if let Some(lf) = st.lock_file.as_ref() {
+        if let Err(e) = lf.hold_presence() {
+            tracing::warn!(target: "walguard", path = %node.path, error = %e, "cannot register presence");
+        }
+    }
+}
+
+/// Attaches a handle that just mapped the `-shm` for the first time.
+pub(crate) fn attach_shm(node: &DbNode) -> Option<Arc<ShmNode>> {
+    let mut st = node.state.lock();
+    if let Some(shm) = st.shm.clone() {
+        st.shm_handles += 1;
+        return Some(shm);
+    }
+    let cpath = CString::new([node.cpath.to_bytes(), b"-shm"].concat()).ok()?;
+    let flags = libc::O_NOFOLLOW;
+    let (fd, writable) = match fd::open(&cpath, libc::O_RDWR | flags, 0) {
+        Ok(fd) => (fd, true),
+        Err(_) => match fd::open(&cpath, libc::O_RDONLY | flags, 0) {
+            Ok(fd) => (fd, false),
+            Err(e) => {
+                bump!(degraded);
+                tracing::warn!(target: "walguard", path = %node.path, error = %e,
+                    "cannot open the -shm; WAL locks are left to the wrapped VFS, unguarded");
+                return None;
+            }
+        },
+    };
+    let inode = fd::fstat(fd).map(|s| inode_of(&s)).unwrap_or((0, 0));
+    if !writable {
+        bump!(degraded);
+        tracing::warn!(target: "walguard", path = %node.path,
+            "the -shm is read-only here; WAL locks are left to the wrapped VFS, unguarded");
+    }
+    if let Err(e) = fd::ofd_lock(fd, Lock::Read, SHM_DMS, 1) {
+        tracing::warn!(target: "walguard", path = %node.path, error = %e, "cannot mirror the -shm dead-man switch");
+    }
+    let shm = Arc::new(ShmNode {
+        fd,
+        writable: writable && fd::HAVE_OFD,
+        inode,
+        cpath,
+        slots: Mutex::new([0; SHM_NLOCK]),
+    });
+    bump!(shm_mapped);
+    st.shm = Some(shm.clone());
+    st.shm_handles = 1;
+    Some(shm)
+}
+
+/// A handle unmapped the `-shm` (after the wrapped VFS did).
+pub(crate) fn detach_shm(node: &DbNode) {
+    let mut st = node.state.lock();
+    st.shm_handles = st.shm_handles.saturating_sub(1);
+    if st.shm_handles > 0 {
+        return;
+    }
+    st.dms_dropped = false;
+    if let Some(shm) = st.shm.take() {
+        let _ = fd::ofd_lock(shm.fd, Lock::Unlock, 0, 0);
+        registry::close_when_safe(shm.fd, shm.inode.1);
+    }
+}
+
+/// A handle's hold on WAL lock slots.
+#[derive(Default)]
+pub(crate) struct ShmHold {
+    pub shared: u8,
+    pub excl: u8,
+}
+
+/// Serves one `xShmLock` call as OFD locks (semantics of the unix VFS's unixShmLock).
+pub(crate) fn shm_lock(
+    shm: &ShmNode,
+    hold: &mut ShmHold,
+    ofst: c_int,
+    n: c_int,
+    flags: c_int,
+) -> c_int {
+    if ofst < 0 || n < 1 || (ofst + n) as usize > SHM_NLOCK {
+        return ffi::SQLITE_IOERR_SHMLOCK;
+    }
+    let (first, count) = (ofst as usize, n as usize);
+    let mask: u8 = (((1u16 << n) - 1) << ofst) as u8;
+    let byte = SHM_BASE + ofst as i64;
+    let mut slots = shm.slots.lock();
+    let unlock = flags & ffi::SQLITE_SHM_UNLOCK != 0;
+    let shared = flags & ffi::SQLITE_SHM_SHARED != 0;
+    if unlock {
+        if (hold.shared | hold.excl) & mask == 0 {
+            return ffi::SQLITE_OK;
+        }
+        if shared && slots[first] > 1 {
+            slots[first] -= 1;
+            hold.shared &= !mask;
+            return ffi::SQLITE_OK;
+        }
+        if fd::ofd_lock(shm.fd, Lock::Unlock, byte, n as i64).is_err() {
+            return ffi::SQLITE_IOERR_UNLOCK;
+        }
+        slots[first..first + count].fill(0);
+        hold.shared &= !mask;
+        hold.excl &= !mask;
+        return ffi::SQLITE_OK;
+    }
+    if shared {
+        if hold.shared & mask != 0 {
+            return ffi::SQLITE_OK;
+        }
+        if slots[first] < 0 {
+            return ffi::SQLITE_BUSY;
+        }
+        if slots[first] == 0 {
+            match fd::ofd_lock(shm.fd, Lock::Read, byte, 1) {
+                Ok(true) => {}
+                Ok(false) => return ffi::SQLITE_BUSY,
+                Err(_) => return ffi::SQLITE_IOERR_SHMLOCK,
+            }
+        }
+        slots[first] += 1;
+        hold.shared |= mask;
+        return ffi::SQLITE_OK;
+    }
+    if slots[first..first + count].iter().any(|&s| s != 0) {
+        return ffi::SQLITE_BUSY;
+    }
+    match fd::ofd_lock(shm.fd, Lock::Write, byte, n as i64) {
+        Ok(true) => {}
+        Ok(false) => return ffi::SQLITE_BUSY,
+        Err(_) => return ffi::SQLITE_IOERR_SHMLOCK,
+    }
+    slots[first..first + count].fill(-1);
+    hold.excl |= mask;
+    ffi::SQLITE_OK
+}
+
+/// Releases whatever WAL locks a handle still holds (at unmap).
+pub(crate) fn release_all(shm: &ShmNode, hold: &mut ShmHold) {
+    for i in 0..SHM_NLOCK as c_int {
+        let bit = 1u8 << i;
+        if hold.excl & bit != 0 {
+            shm_lock(
+                shm,
+                hold,
+                i,
+                1,
+                ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSIVE,
+            );
+        } else if hold.shared & bit != 0 {
+            shm_lock(
+                shm,
+                hold,
+                i,
+                1,
+                ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_SHARED,
+            );
+        }
+    }
+}
+
+// ---- refusal --------------------------------------------------------------------
+
+/// Whether any holder other than this handle still uses the WAL index of `node`:
+/// another handle of this instance, another walguard instance (presence), or a process
+/// without walguard (any lock on the `-shm` dead-man-switch byte besides our own).
+/// `exclude_own_dms`: drop our own dead-man-switch mirror first (at tear-down).
+pub(crate) fn others_hold_wal_index(node: &DbNode, exclude_own_dms: bool) -> bool {
+    let st = node.state.lock();
+    if st.shm_handles > 1 {
+        return true;
+    }
+    if st.lock_file.as_ref().is_some_and(|lf| lf.others_present()) {
+        return true;
+    }
+    if let Some(shm) = st.shm.as_ref() {
+        if exclude_own_dms {
+            let _ = fd::ofd_lock(shm.fd, Lock::Unlock, SHM_DMS, 1);
+        }
+        // POSIX probe: sees other processes' POSIX locks and every OFD lock; this
+        // process's own POSIX lock (SQLite's) is invisible to it, as it should be.
+        let other = !matches!(fd::posix_probe(shm.fd, Lock::Write, SHM_DMS, 1), Ok(None));
+        if other && exclude_own_dms {
+            let _ = fd::ofd_lock(shm.fd, Lock::Read, SHM_DMS, 1);
+        }
+        return other;
+    }
+    false
+}
+
+/// Whether a delete of the sidecar `path` (`<db>-wal` / `<db>-shm`) must be refused.
+pub(crate) fn refuse_sidecar_delete(path: &CStr) -> bool {
+    let bytes = path.to_bytes();
+    let Some(db) = bytes
+        .strip_suffix(b"-wal")
+        .or_else(|| bytes.strip_suffix(b"-shm"))
+    else {
+        return false;
+    };
+    let Ok(db) = CString::new(db) else {
+        return false;
+    };
+    let others = match registry::find_by_path(&db) {
+        Some(node) => others_hold_wal_index(&node, false),
+        None => crate::lock_file::others_present_at(&db),
+    };
+    if others {
+        bump!(unlink_refused);
+        tracing::info!(target: "walguard", path = %path.to_string_lossy(), decision = "refused",
+            "delete of a WAL sidecar refused: another holder still uses the WAL index");
+    }
+    others
+}

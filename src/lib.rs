@@ -33,6 +33,7 @@ mod g4_sidecar_identity;
 mod g5_torn_extend;
 mod header;
 mod io;
+mod lock_file;
 mod registry;
 mod sqlfn;
 mod stats;
