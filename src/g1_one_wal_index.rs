@@ -125,7 +125,8 @@ pub(crate) fn exclusive_refused(node: &DbNode, dropped: bool, id: u64) {
         restore_after_exclusive(node, &mut st, id);
     }
     drop(st);
-    if let Some(fd) = node.db_mirror {
+    // Only when our own mirror was down can a lock the probe sees be someone else's.
+    if let (Some(fd), true) = (node.db_mirror, dropped) {
         if let Ok(Some(h)) = fd::posix_probe(fd, Lock::Write, SHARED_FIRST, SHARED_SIZE) {
             bump!(exclusive_blocked);
             tracing::debug!(target: "walguard", path = %node.path, holder_pid = h.pid,
@@ -268,7 +269,9 @@ pub(crate) fn shm_lock(
         }
         if slots[first] == 0 {
             match fd::ofd_lock(shm.fd, Lock::Read, byte, 1) {
-                Ok(true) => {}
+                Ok(true) => {
+                    bump!(shm_locks_taken);
+                }
                 Ok(false) => return ffi::SQLITE_BUSY,
                 Err(_) => return ffi::SQLITE_IOERR_SHMLOCK,
             }
@@ -281,7 +284,9 @@ pub(crate) fn shm_lock(
         return ffi::SQLITE_BUSY;
     }
     match fd::ofd_lock(shm.fd, Lock::Write, byte, n as i64) {
-        Ok(true) => {}
+        Ok(true) => {
+            bump!(shm_locks_taken);
+        }
         Ok(false) => return ffi::SQLITE_BUSY,
         Err(_) => return ffi::SQLITE_IOERR_SHMLOCK,
     }

@@ -55,7 +55,8 @@ counters! {
     panics_caught,
     /// G1: shared-memory (`-shm`) first mappings performed by this process.
     shm_mapped,
-    /// G1: WAL lock requests served as open-file-description locks.
+    /// G1: WAL locks taken as open-file-description locks (system-level transitions;
+    /// requests served from the in-process count are not counted).
     shm_locks_taken,
     /// G1: a conflicting EXCLUSIVE lock on a database was refused because another
     /// holder's lock was still present (seen from the closer's side).
