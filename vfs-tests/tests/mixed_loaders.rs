@@ -5,7 +5,8 @@
 //! - Debian's sqlite3 shell that `.load`ed it (its own SQLite 3.40.1).
 //!
 //! They write interleaved (every round, one insert is sent to each before any reply is
-//! read, so the three commit concurrently). Every acknowledged row must be present at
+//! read, so the three commit concurrently); every ten rounds the shell or the Python
+//! process quits and a fresh one joins. Every acknowledged row must be present at
 //! the end, every process must see every acknowledged row while all are open (a split
 //! WAL index shows up as diverging counts), `integrity_check` must be `ok`, and when all
 //! have closed the directory must hold only `app.db` and walguard's sidecar lock file
@@ -27,7 +28,7 @@ use vfs_tests::extension::{
     sqlite3_shell_path, LineProcess,
 };
 
-const ROUNDS: u64 = 40;
+const ROUNDS: u64 = 60;
 /// A guard against hangs, not a performance assertion.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -240,15 +241,24 @@ fn three_loaders_share_one_wal_database() {
                 Err(e) => errors.push(format!("{} insert {round}: {e}", loaders[i].src)),
             }
         }
-        if round == ROUNDS / 2 {
-            // One loader leaves and a fresh one joins while the others hold the
-            // database open: neither may split the WAL index.
+        if round % 10 == 5 {
+            // A foreign loader leaves and a fresh one of its kind joins while the others
+            // hold the database open (WAL tear-down attempt and set-up under use):
+            // neither may split the WAL index. Alternately the shell and Python.
+            let kind = if round % 20 == 5 {
+                Kind::Shell
+            } else {
+                Kind::Python
+            };
             let i = loaders
                 .iter()
-                .position(|l| l.kind == Kind::Shell)
-                .expect("the shell loader");
+                .position(|l| l.kind == kind)
+                .expect("one loader of each kind");
             loaders.remove(i).quit();
-            loaders.push(Loader::shell(&db));
+            loaders.push(match kind {
+                Kind::Shell => Loader::shell(&db),
+                _ => Loader::python(&db),
+            });
         }
     }
     assert!(errors.is_empty(), "writes failed: {errors:#?}");
