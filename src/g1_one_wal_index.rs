@@ -295,6 +295,12 @@ pub(crate) fn shm_lock(
     ffi::SQLITE_OK
 }
 
+/// Whether another process (or another copy of walguard) holds a WAL read mark: an
+/// OFD probe of the read-mark bytes ignores this instance's own locks.
+pub(crate) fn external_reader(shm: &ShmNode) -> std::io::Result<bool> {
+    Ok(fd::ofd_probe(shm.fd, Lock::Write, SHM_BASE + 3, SHM_NLOCK as i64 - 3)?.is_some())
+}
+
 /// Releases whatever WAL locks a handle still holds (at unmap).
 pub(crate) fn release_all(shm: &ShmNode, hold: &mut ShmHold) {
     for i in 0..SHM_NLOCK as c_int {
