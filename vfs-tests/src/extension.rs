@@ -232,6 +232,23 @@ fn require_tool(path: &str, package: &str, why: &str) -> PathBuf {
     p
 }
 
+/// A generic tool: `/usr/bin/NAME`, else the first `NAME` on `PATH`.
+fn require_any_tool(name: &str, package: &str, why: &str) -> PathBuf {
+    let usr = Path::new("/usr/bin").join(name);
+    if usr.is_file() {
+        return usr;
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    match on_path {
+        Some(p) => p,
+        None => require_tool(&usr.to_string_lossy(), package, why),
+    }
+}
+
 /// Debian's `/usr/bin/python3`, or a panic saying how to install it.
 pub fn python3_path() -> PathBuf {
     require_tool(
@@ -251,19 +268,19 @@ pub fn sqlite3_shell_path() -> PathBuf {
     )
 }
 
-/// `nm` from binutils, or a panic saying how to install it.
+/// `nm` from binutils (`/usr/bin/nm`, else on `PATH`), or a panic saying how to install it.
 pub fn nm_path() -> PathBuf {
-    require_tool(
-        "/usr/bin/nm",
+    require_any_tool(
+        "nm",
         "binutils",
         "the symbol test lists the extension's symbols",
     )
 }
 
-/// `ldd` from libc-bin, or a panic saying how to install it.
+/// `ldd` from libc-bin (`/usr/bin/ldd`, else on `PATH`), or a panic saying how to install it.
 pub fn ldd_path() -> PathBuf {
-    require_tool(
-        "/usr/bin/ldd",
+    require_any_tool(
+        "ldd",
         "libc-bin",
         "the symbol test lists the extension's shared-library dependencies",
     )

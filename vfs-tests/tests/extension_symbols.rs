@@ -3,7 +3,7 @@
 //! A second copy would mean two sets of POSIX locks and two WAL-index implementations in
 //! one process, the very split walguard exists to prevent.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use vfs_tests::extension::{
@@ -11,8 +11,15 @@ use vfs_tests::extension::{
     SCRIPT_TIMEOUT,
 };
 
-/// Debian's own libsqlite3, used as a positive control: the same checks must flag it.
-const HOST_LIBSQLITE: &str = "/usr/lib/x86_64-linux-gnu/libsqlite3.so.0";
+/// Debian's own libsqlite3 (`/usr/lib/<multiarch>/libsqlite3.so.0`, package
+/// libsqlite3-0), used as a positive control: the same checks must flag it.
+fn host_libsqlite() -> Option<PathBuf> {
+    std::fs::read_dir("/usr/lib")
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("libsqlite3.so.0"))
+        .find(|p| p.is_file())
+}
 
 /// `(type, name)` of the symbols `nm` lists with these flags.
 fn nm(path: &Path, flags: &[&str]) -> Vec<(String, String)> {
@@ -147,19 +154,25 @@ fn find_sqlite_source_id(bytes: &[u8]) -> Option<String> {
 #[test]
 fn embeds_no_sqlite_source_id() {
     // Positive control first, so the scan is known to work.
-    let host = Path::new(HOST_LIBSQLITE);
-    if host.is_file() {
-        let bytes = std::fs::read(host).expect("read the host libsqlite3");
-        assert!(
-            find_sqlite_source_id(&bytes).is_some(),
-            "the source-id scan found nothing in {HOST_LIBSQLITE}; the scan is broken"
-        );
-        let defined = nm(host, &["-D", "--defined-only"]);
-        assert!(
-            defined.iter().any(|(_, n)| is_sqlite_symbol(n)),
-            "the symbol filter flags nothing in {HOST_LIBSQLITE}; the filter is broken"
-        );
-    }
+    let host = match host_libsqlite() {
+        Some(p) => p,
+        None => panic!(
+            "no /usr/lib/*/libsqlite3.so.0 for the positive control: \
+             apt-get install -y libsqlite3-0"
+        ),
+    };
+    let bytes = std::fs::read(&host).expect("read the host libsqlite3");
+    assert!(
+        find_sqlite_source_id(&bytes).is_some(),
+        "the source-id scan found nothing in {}; the scan is broken",
+        host.display()
+    );
+    let defined = nm(&host, &["-D", "--defined-only"]);
+    assert!(
+        defined.iter().any(|(_, n)| is_sqlite_symbol(n)),
+        "the symbol filter flags nothing in {}; the filter is broken",
+        host.display()
+    );
     let so = extension_path();
     let bytes = std::fs::read(&so).expect("read the extension");
     assert_eq!(
