@@ -184,7 +184,7 @@ pub(crate) fn attach_shm(node: &DbNode) -> Option<Arc<ShmNode>> {
         },
     };
     let inode = fd::fstat(fd).map(|s| inode_of(&s)).unwrap_or((0, 0));
-    if !writable {
+    if !writable && registry::first_warning(&format!("{}-shm read-only", node.path)) {
         bump!(degraded);
         tracing::warn!(target: "walguard", path = %node.path,
             "the -shm is read-only here; WAL locks are left to the wrapped VFS, unguarded");

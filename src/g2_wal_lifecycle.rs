@@ -45,7 +45,7 @@ pub(crate) fn ensure_lock_file(node: &DbNode, st: &mut DbState) -> Result<(), c_
         }
         Err(Unusable::Degraded(path, e)) => {
             st.lock_file_unusable = true;
-            if !first_time(&path) {
+            if !crate::registry::first_warning(&path) {
                 return Ok(());
             }
             bump!(degraded);
@@ -59,17 +59,6 @@ pub(crate) fn ensure_lock_file(node: &DbNode, st: &mut DbState) -> Result<(), c_
             Ok(())
         }
     }
-}
-
-/// `true` the first time a path is reported in this process (warnings are logged once).
-fn first_time(path: &str) -> bool {
-    static SEEN: parking_lot::Mutex<Vec<String>> = parking_lot::Mutex::new(Vec::new());
-    let mut seen = SEEN.lock();
-    if seen.iter().any(|p| p == path) {
-        return false;
-    }
-    seen.push(path.to_owned());
-    true
 }
 
 /// Tries the life-cycle lock for handle `id`. `Ok(true)`: held now. `Ok(false)`: someone

@@ -187,3 +187,15 @@ pub(crate) fn flush_deferred() {
         }
     });
 }
+
+/// `true` the first time `key` (a path and what is wrong with it) is reported in this
+/// process: degradation warnings are logged once, not at every open.
+pub(crate) fn first_warning(key: &str) -> bool {
+    static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut seen = SEEN.lock();
+    if seen.iter().any(|p| p == key) {
+        return false;
+    }
+    seen.push(key.to_owned());
+    true
+}
