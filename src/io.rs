@@ -459,17 +459,19 @@ unsafe extern "C" fn x_file_control(
             }
             // The unix VFS answers with F_GETLK on the -shm read marks, which would now
             // see this process's own OFD locks: answer from walguard's descriptor.
-            ffi::SQLITE_FCNTL_EXTERNAL_READER if !arg.is_null() => match st.shm.as_ref().filter(|s| s.writable) {
-                Some(shm) => match g1::external_reader(shm) {
-                    Ok(yes) => {
-                        // SAFETY: for EXTERNAL_READER, arg is an `int*`.
-                        unsafe { *(arg as *mut c_int) = c_int::from(yes) };
-                        ffi::SQLITE_OK
-                    }
-                    Err(_) => ffi::SQLITE_IOERR_LOCK,
-                },
-                None => fwd!(inner, xFileControl, op, arg),
-            },
+            ffi::SQLITE_FCNTL_EXTERNAL_READER if !arg.is_null() => {
+                match st.shm.as_ref().filter(|s| s.writable) {
+                    Some(shm) => match g1::external_reader(shm) {
+                        Ok(yes) => {
+                            // SAFETY: for EXTERNAL_READER, arg is an `int*`.
+                            unsafe { *(arg as *mut c_int) = c_int::from(yes) };
+                            ffi::SQLITE_OK
+                        }
+                        Err(_) => ffi::SQLITE_IOERR_LOCK,
+                    },
+                    None => fwd!(inner, xFileControl, op, arg),
+                }
+            }
             _ => fwd!(inner, xFileControl, op, arg),
         }
     })

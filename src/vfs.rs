@@ -175,6 +175,11 @@ fn warn_old_host(api: &api::Api) {
             );
             tracing::warn!(target: "walguard", sqlite = version, "{msg}");
             api::sqlite_log(ffi::SQLITE_WARNING, &msg);
+            // A host that loaded the extension (Python, the shell) has no tracing
+            // subscriber and rarely a SQLite log callback: say it once where a person sees it.
+            if cfg!(feature = "loadable_extension") {
+                eprintln!("{msg}");
+            }
         }
     });
 }
