@@ -1,1 +1,27 @@
-fn main() {}
+//! `vfs-tests`: walguard's test harness binary. The first argument picks the tool.
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: vfs-tests <command> [args]\n\
+commands:\n  \
+worker --vfs unix|walguard --db PATH [--name N] [--flags rwc|rw|ro] [--uid N] [--busy-ms N]\n    \
+a scripted SQLite process: one command per stdin line, one reply per stdout line";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("worker") => vfs_tests::worker::main(&args[2..]),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Some(other) => {
+            eprintln!("vfs-tests: unknown command {other:?}\n{USAGE}");
+            ExitCode::from(2)
+        }
+        None => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
