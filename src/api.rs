@@ -38,21 +38,43 @@ pub(crate) struct Api {
     pub log: Option<unsafe extern "C" fn(c_int, *const c_char, ...)>,
 }
 
-static API: OnceLock<Api> = OnceLock::new();
+/// How many distinct SQLite libraries ("hosts") one copy of walguard can serve in one
+/// process: e.g. Python's stdlib `sqlite3` and apsw's bundled SQLite both loading the same
+/// `libwalguard.so`. Each gets its own VFS and SQL function; the guards' state is shared,
+/// which is what makes the runtimes see each other.
+pub(crate) const MAX_HOSTS: usize = 8;
 
-/// The API table, if walguard has been initialised in this process.
+static HOSTS: [OnceLock<Api>; MAX_HOSTS] = [const { OnceLock::new() }; MAX_HOSTS];
+/// The key (address of the host's routines table; 0 for the linked SQLite) of each slot.
+static KEYS: parking_lot::Mutex<Vec<usize>> = parking_lot::Mutex::new(Vec::new());
+
+/// The first host's table (used where no particular host is at hand: logging).
 pub(crate) fn get() -> Option<&'static Api> {
-    API.get()
+    HOSTS[0].get()
 }
 
-/// Installs the table built by `make` unless one is installed already (the first SQLite
-/// walguard meets in a process is the one it serves).
-pub(crate) fn install(make: impl FnOnce() -> Option<Api>) -> Option<&'static Api> {
-    if let Some(api) = API.get() {
-        return Some(api);
+/// Host number `index`'s table.
+pub(crate) fn host(index: usize) -> Option<&'static Api> {
+    HOSTS.get(index)?.get()
+}
+
+/// The slot of the host identified by `key`, installing the table built by `make` the
+/// first time that host is seen. `None` if `make` fails or every slot is taken.
+pub(crate) fn install(
+    key: usize,
+    make: impl FnOnce() -> Option<Api>,
+) -> Option<(usize, &'static Api)> {
+    let mut keys = KEYS.lock();
+    if let Some(i) = keys.iter().position(|&k| k == key) {
+        return HOSTS[i].get().map(|api| (i, api));
+    }
+    if keys.len() >= MAX_HOSTS {
+        return None;
     }
     let api = make()?;
-    Some(API.get_or_init(|| api))
+    let i = keys.len();
+    keys.push(key);
+    Some((i, HOSTS[i].get_or_init(|| api)))
 }
 
 /// The table of the SQLite linked into this program.
@@ -121,11 +143,8 @@ pub(crate) fn sqlite_log(code: c_int, msg: &str) {
     unsafe { log(code, c"%s".as_ptr(), text.as_ptr()) };
 }
 
-/// Copies `s` into memory from `sqlite3_malloc` (for strings SQLite will free).
-pub(crate) fn sqlite_strdup(s: &str) -> *mut c_char {
-    let Some(api) = get() else {
-        return std::ptr::null_mut();
-    };
+/// Copies `s` into memory from the host's `sqlite3_malloc` (for strings it will free).
+pub(crate) fn sqlite_strdup(api: &Api, s: &str) -> *mut c_char {
     let bytes = s.as_bytes();
     let Ok(len) = c_int::try_from(bytes.len() + 1) else {
         return std::ptr::null_mut();

@@ -45,19 +45,23 @@ mod entry {
     ) -> c_int {
         guard("extension init", ffi::SQLITE_ERROR, || {
             // SAFETY: `routines` is the host's table, passed by its loader.
-            if api::install(|| unsafe { api::from_routines(routines) }).is_none() {
+            // One table per host SQLite: two libraries in one process may both load us.
+            // SAFETY: `routines` is the host's table, passed by its loader.
+            let Some((host, api)) = api::install(routines as usize, || unsafe {
+                api::from_routines(routines)
+            }) else {
                 return ffi::SQLITE_ERROR;
-            }
+            };
             let options = Options::default().make_default(make_default);
-            if let Err(e) = crate::vfs::register(&options) {
+            if let Err(e) = crate::vfs::register_in(host, &options) {
                 if !err.is_null() {
                     // SAFETY: SQLite frees *err with sqlite3_free; we allocate with its malloc.
-                    unsafe { *err = api::sqlite_strdup(&e.to_string()) };
+                    unsafe { *err = api::sqlite_strdup(api, &e.to_string()) };
                 }
                 return ffi::SQLITE_ERROR;
             }
-            // SAFETY: `db` is the connection loading us.
-            unsafe { sqlfn::add_to(db) };
+            // SAFETY: `db` is the connection loading us, of this host.
+            unsafe { sqlfn::add_to(host, db) };
             // Stay loaded: the VFS outlives the connection that loaded it.
             ffi::SQLITE_OK_LOAD_PERMANENTLY
         })

@@ -40,6 +40,8 @@ pub(crate) struct FileState {
     kind: Kind,
     id: u64,
     vfs_name: &'static str,
+    /// The SQLite library this file's VFS is registered in (owns VFSNAME strings).
+    api: &'static crate::api::Api,
     path: String,
     db: Option<Arc<DbNode>>,
     /// The lock level SQLite holds through this handle.
@@ -165,6 +167,7 @@ pub(crate) unsafe fn opened(
     name: *const c_char,
     flags: c_int,
     vfs_name: &'static str,
+    api: &'static crate::api::Api,
 ) -> c_int {
     // SAFETY: per the contract, the wrapped part was opened by the wrapped VFS.
     let inner = unsafe { inner(file) };
@@ -206,6 +209,7 @@ pub(crate) unsafe fn opened(
         kind,
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         vfs_name,
+        api,
         path,
         db,
         level: ffi::SQLITE_LOCK_NONE,
@@ -432,10 +436,8 @@ unsafe extern "C" fn x_file_control(
                     let slot = arg as *mut *mut c_char;
                     // SAFETY: for VFSNAME, arg is a `char**` SQLite will sqlite3_free.
                     unsafe {
-                        if let Some(api) = crate::api::get() {
-                            (api.free)(*slot as *mut c_void);
-                        }
-                        *slot = crate::api::sqlite_strdup(st.vfs_name);
+                        (st.api.free)(*slot as *mut c_void);
+                        *slot = crate::api::sqlite_strdup(st.api, st.vfs_name);
                     }
                 }
                 let _ = rc;

@@ -20,6 +20,8 @@ struct VfsData {
     magic: u64,
     wrapped: *mut ffi::sqlite3_vfs,
     name: &'static str,
+    /// The SQLite library this VFS is registered in.
+    api: &'static api::Api,
 }
 
 struct Registered(*mut ffi::sqlite3_vfs);
@@ -54,13 +56,27 @@ unsafe fn is_walguard(ours: &[Registered], vfs: *mut ffi::sqlite3_vfs) -> bool {
     }
 }
 
+/// Registers walguard with the SQLite linked into this program.
+#[cfg(not(feature = "loadable_extension"))]
 pub(crate) fn register(o: &Options) -> Result<(), Error> {
+    let Some((host, _)) = api::install(0, || Some(api::linked())) else {
+        return Err(Error::NoDefaultVfs);
+    };
+    register_in(host, o)
+}
+
+/// Without the linked SQLite, only the extension entry points can register.
+#[cfg(feature = "loadable_extension")]
+pub(crate) fn register(_o: &Options) -> Result<(), Error> {
+    Err(Error::NoDefaultVfs)
+}
+
+/// Registers walguard in host number `host` (see `api::install`).
+pub(crate) fn register_in(host: usize, o: &Options) -> Result<(), Error> {
     if o.name.is_empty() || o.name.contains('\0') {
         return Err(Error::InvalidName(o.name.clone()));
     }
-    #[cfg(not(feature = "loadable_extension"))]
-    api::install(|| Some(api::linked()));
-    let Some(api) = api::get() else {
+    let Some(api) = api::host(host) else {
         return Err(Error::NoDefaultVfs);
     };
     io::install_quiet_panic_hook();
@@ -93,7 +109,7 @@ pub(crate) fn register(o: &Options) -> Result<(), Error> {
                 });
             }
         }
-        sqlfn::enable_everywhere(o.sql_functions);
+        sqlfn::enable_everywhere(host, o.sql_functions);
         return Ok(());
     }
     // SAFETY: plain SQLite call.
@@ -113,6 +129,7 @@ pub(crate) fn register(o: &Options) -> Result<(), Error> {
         magic: MAGIC,
         wrapped,
         name,
+        api,
     }));
     // SAFETY: `wrapped` is a registered VFS.
     let w = unsafe { &*wrapped };
@@ -155,7 +172,7 @@ pub(crate) fn register(o: &Options) -> Result<(), Error> {
     tracing::info!(target: "walguard", name, wraps = %wrapped_name, default = o.make_default,
         sqlite = unsafe { (api.libversion_number)() }, "registered");
     drop(registered);
-    sqlfn::enable_everywhere(o.sql_functions);
+    sqlfn::enable_everywhere(host, o.sql_functions);
     Ok(())
 }
 
@@ -251,7 +268,7 @@ unsafe extern "C" fn x_open(
             return rc;
         }
         // SAFETY: the wrapped open succeeded.
-        unsafe { io::opened(file, name, flags, data(vfs).name) }
+        unsafe { io::opened(file, name, flags, data(vfs).name, data(vfs).api) }
     })
 }
 
