@@ -48,8 +48,9 @@ pub(crate) struct FileState {
     level: c_int,
     shm: Option<Arc<ShmNode>>,
     hold: ShmHold,
-    /// The `-wal` identity this handle's connection opened (G4).
+    /// The `-wal` identity this handle's connection opened, and its path (G4).
     wal_inode: Option<Inode>,
+    wal_path: Option<std::ffi::CString>,
     /// Last size the wrapped `xFileSize` reported (G3).
     last_size: i64,
 }
@@ -216,6 +217,7 @@ pub(crate) unsafe fn opened(
         shm: None,
         hold: ShmHold::default(),
         wal_inode: None,
+        wal_path: None,
         last_size: 0,
     });
     // SAFETY: the wrapped open succeeded, so its pMethods is set.
@@ -287,7 +289,19 @@ unsafe extern "C" fn x_read(
             if st.kind == Kind::MainDb && amt > 0 {
                 // SAFETY: SQLite's buffer holds `amt` bytes.
                 let slice = unsafe { std::slice::from_raw_parts_mut(buf as *mut u8, amt as usize) };
-                return g3::on_short_header_read(&mut InnerOps(inner), &st.path, slice, ofst);
+                let rc = g3::on_short_header_read(&mut InnerOps(inner), &st.path, slice, ofst);
+                if rc == ffi::SQLITE_OK {
+                    st.last_size = st.last_size.max(ofst + i64::from(amt));
+                }
+                return rc;
+            }
+        } else if rc == ffi::SQLITE_OK && ofst < 100 {
+            // A good header read proves the file holds at least that much: a later
+            // transient size of 0 is then caught (G3). No system call.
+            // SAFETY: as above.
+            let st = unsafe { state(file) };
+            if st.kind == Kind::MainDb {
+                st.last_size = st.last_size.max(ofst + i64::from(amt));
             }
         }
         rc
@@ -520,6 +534,7 @@ unsafe extern "C" fn x_shm_map(
         if rc == ffi::SQLITE_OK || rc == ffi::SQLITE_READONLY {
             st.shm = g1::attach_shm(&node);
             st.wal_inode = node.state.lock().wal_inode;
+            st.wal_path = std::ffi::CString::new([node.cpath.to_bytes(), b"-wal"].concat()).ok();
         }
         g2::release(&node, st.id);
         rc
@@ -564,19 +579,17 @@ fn check_sidecars(st: &FileState, shm: &ShmNode) -> Result<(), c_int> {
     if rc != ffi::SQLITE_OK {
         return Err(rc);
     }
-    if let (Some(wal), Some(node)) = (st.wal_inode, st.db.as_ref()) {
-        if let Ok(wal_path) = std::ffi::CString::new([node.cpath.to_bytes(), b"-wal"].concat()) {
-            let rc = g4::check_sidecar(
-                &st.path,
-                &wal_path,
-                g4::FileId {
-                    dev: wal.0,
-                    ino: wal.1,
-                },
-            );
-            if rc != ffi::SQLITE_OK {
-                return Err(rc);
-            }
+    if let (Some(wal), Some(wal_path)) = (st.wal_inode, st.wal_path.as_ref()) {
+        let rc = g4::check_sidecar(
+            &st.path,
+            wal_path,
+            g4::FileId {
+                dev: wal.0,
+                ino: wal.1,
+            },
+        );
+        if rc != ffi::SQLITE_OK {
+            return Err(rc);
         }
     }
     Ok(())

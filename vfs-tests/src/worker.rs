@@ -503,6 +503,12 @@ pub fn main(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Faults armed by the parent (`WALGUARD_FAULTS`, see `faults`) act beneath the unix
+    // VFS of this process, under walguard too.
+    if let Err(e) = crate::faults::arm_from_env() {
+        eprintln!("vfs-tests worker {}: {e}", cfg.name);
+        return ExitCode::from(2);
+    }
     if let Err(e) = cfg.vfs.prepare() {
         eprintln!(
             "vfs-tests worker {}: cannot register walguard: {e}",

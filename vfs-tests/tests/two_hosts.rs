@@ -60,7 +60,8 @@ impl Runtime {
             p
         };
         // SAFETY: each symbol is the SQLite C API function of that name, with the
-        // signature declared in the field it is stored in.
+        // signature declared in the field it is stored in (which names the target type).
+        #[allow(clippy::missing_transmute_annotations)]
         unsafe {
             Runtime {
                 open_v2: std::mem::transmute::<*mut c_void, _>(sym(c"sqlite3_open_v2")),
