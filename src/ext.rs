@@ -52,7 +52,14 @@ mod entry {
             }) else {
                 return ffi::SQLITE_ERROR;
             };
-            let options = Options::default().make_default(make_default);
+            let mut options = Options::default().make_default(make_default);
+            // Extension users set the G4 read re-check interval from the environment.
+            if let Some(ms) = std::env::var("WALGUARD_READ_RECHECK_MS")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+            {
+                options = options.read_recheck(std::time::Duration::from_millis(ms));
+            }
             if let Err(e) = crate::vfs::register_in(host, &options) {
                 if !err.is_null() {
                     // SAFETY: SQLite frees *err with sqlite3_free; we allocate with its malloc.

@@ -8,8 +8,8 @@
 //! `database disk image is malformed`.
 //!
 //! The io layer remembers each sidecar's identity (`st_dev`, `st_ino`) when it opens it,
-//! and at the start of each transaction calls [`check_sidecar`], which compares it with
-//! one `stat(path)`. Identity is the only test: `st_nlink` and `/proc/.../fd` showing
+//! and at the start of each transaction (reads too, unless the application set a read
+//! re-check interval) calls [`check_sidecar`], which compares it with one `stat(path)`. Identity is the only test: `st_nlink` and `/proc/.../fd` showing
 //! "(deleted)" are not used (they give false alarms on some file systems and need more
 //! system calls).
 //!
@@ -26,10 +26,51 @@ use std::io;
 use std::os::raw::c_int;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use libsqlite3_sys::{SQLITE_IOERR_FSTAT, SQLITE_IOERR_VNODE, SQLITE_OK};
 
 use crate::stats::bump;
+
+/// How often a connection's *read* transactions re-check the sidecars, in nanoseconds;
+/// 0 (the default) means every read transaction, as the guarantee is stated. Write
+/// transactions are checked every time whatever this says: nothing is ever written
+/// through a replaced sidecar. A read through a replaced sidecar sees the last state
+/// the old WAL index held (consistent, only stale). `stat` is a system call; where it is
+/// slow, an application may trade that staleness window for speed
+/// (`Options::read_recheck`, or `WALGUARD_READ_RECHECK_MS` for the extension).
+static READ_RECHECK_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the read re-check interval (see [`READ_RECHECK_NS`]).
+pub(crate) fn set_read_recheck(d: Duration) {
+    READ_RECHECK_NS.store(
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+}
+
+/// When a connection last confirmed its sidecars.
+#[derive(Default)]
+pub(crate) struct Checked(Option<Instant>);
+
+impl Checked {
+    /// Whether a transaction starting now must check: every write; a read unless a read
+    /// re-check interval is set and the last confirmation is younger than it (a vDSO
+    /// clock read, no system call).
+    pub(crate) fn due(&self, write: bool) -> bool {
+        let every = READ_RECHECK_NS.load(Ordering::Relaxed);
+        write
+            || every == 0
+            || self
+                .0
+                .is_none_or(|t| t.elapsed() >= Duration::from_nanos(every))
+    }
+
+    pub(crate) fn confirmed(&mut self) {
+        self.0 = Some(Instant::now());
+    }
+}
 
 /// The identity of a file: the device and inode numbers of `stat`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +162,20 @@ pub(crate) fn check_sidecar(db_path: &str, sidecar_path: &CStr, expected: FileId
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn writes_are_always_checked_and_reads_unless_an_interval_is_set() {
+        let mut c = Checked::default();
+        assert!(c.due(false) && c.due(true), "never confirmed: check");
+        c.confirmed();
+        assert!(c.due(false), "default: every read transaction checks");
+        set_read_recheck(Duration::from_secs(3600));
+        assert!(!c.due(false), "a read within the interval skips the stat");
+        assert!(c.due(true), "a write always checks");
+        set_read_recheck(Duration::ZERO);
+        assert!(c.due(false));
+    }
+
     use super::*;
     use crate::g3_short_header_reads::testkit::capture;
     use std::ffi::CString;

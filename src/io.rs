@@ -51,6 +51,8 @@ pub(crate) struct FileState {
     /// The `-wal` identity this handle's connection opened, and its path (G4).
     wal_inode: Option<Inode>,
     wal_path: Option<std::ffi::CString>,
+    /// When the sidecars were last confirmed (G4).
+    checked: g4::Checked,
     /// Last size the wrapped `xFileSize` reported (G3).
     last_size: i64,
 }
@@ -218,6 +220,7 @@ pub(crate) unsafe fn opened(
         hold: ShmHold::default(),
         wal_inode: None,
         wal_path: None,
+        checked: g4::Checked::default(),
         last_size: 0,
     });
     // SAFETY: the wrapped open succeeded, so its pMethods is set.
@@ -554,17 +557,18 @@ unsafe extern "C" fn x_shm_lock(
             return fwd!(inner, xShmLock, ofst, n, flags);
         };
         let rc = g1::shm_lock(shm, &mut st.hold, ofst, n, flags);
-        // A read transaction (a READ slot, shared) or a write transaction (WRITE slot,
-        // exclusive) starts: check that the sidecars are still the ones we use (G4).
-        let starts_txn = flags & ffi::SQLITE_SHM_LOCK != 0
-            && ((flags & ffi::SQLITE_SHM_SHARED != 0 && ofst >= 3)
-                || (flags & ffi::SQLITE_SHM_EXCLUSIVE != 0 && ofst == 0));
-        if rc == ffi::SQLITE_OK && starts_txn {
+        // A write transaction (WRITE slot, exclusive) or a read transaction (a READ
+        // slot, shared) starts: check that the sidecars are still the ones we use (G4).
+        let locking = flags & ffi::SQLITE_SHM_LOCK != 0;
+        let write = locking && flags & ffi::SQLITE_SHM_EXCLUSIVE != 0 && ofst == 0;
+        let read = locking && flags & ffi::SQLITE_SHM_SHARED != 0 && ofst >= 3;
+        if rc == ffi::SQLITE_OK && (write || read) && st.checked.due(write) {
             if let Err(code) = check_sidecars(st, shm) {
                 let undo = (flags & !ffi::SQLITE_SHM_LOCK) | ffi::SQLITE_SHM_UNLOCK;
                 g1::shm_lock(shm, &mut st.hold, ofst, n, undo);
                 return code;
             }
+            st.checked.confirmed();
         }
         rc
     })

@@ -58,6 +58,12 @@ pub struct Options {
     /// Make the SQL function `walguard_stats()` available on every new connection
     /// (through `sqlite3_auto_extension`). Default `true`.
     pub sql_functions: bool,
+    /// G4: how often read transactions re-check that `-wal`/`-shm` are still the files
+    /// the connection uses. Zero (the default) checks every read transaction. Write
+    /// transactions are always checked. A non-zero interval saves one `stat` per sidecar
+    /// per read transaction at the price of reads that may be that much stale after an
+    /// outside actor replaced a sidecar. Process-wide; the last registration sets it.
+    pub read_recheck: std::time::Duration,
 }
 
 impl Default for Options {
@@ -66,6 +72,7 @@ impl Default for Options {
             name: DEFAULT_NAME.to_owned(),
             make_default: true,
             sql_functions: true,
+            read_recheck: std::time::Duration::ZERO,
         }
     }
 }
@@ -82,6 +89,12 @@ impl Options {
     /// Sets whether walguard becomes the default VFS.
     pub fn make_default(mut self, yes: bool) -> Self {
         self.make_default = yes;
+        self
+    }
+
+    /// Sets the G4 read re-check interval (see [`Options::read_recheck`]).
+    pub fn read_recheck(mut self, every: std::time::Duration) -> Self {
+        self.read_recheck = every;
         self
     }
 

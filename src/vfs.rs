@@ -79,6 +79,7 @@ pub(crate) fn register_in(host: usize, o: &Options) -> Result<(), Error> {
     let Some(api) = api::host(host) else {
         return Err(Error::NoDefaultVfs);
     };
+    crate::g4_sidecar_identity::set_read_recheck(o.read_recheck);
     io::install_quiet_panic_hook();
     warn_old_host(api);
     if !crate::fd::HAVE_OFD {
