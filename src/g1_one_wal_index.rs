@@ -169,6 +169,9 @@ pub(crate) fn attach_shm(node: &DbNode) -> Option<Arc<ShmNode>> {
         st.shm_handles += 1;
         return Some(shm);
     }
+    if !fd::HAVE_OFD {
+        return None; // WAL locks stay with the wrapped VFS (logged at registration)
+    }
     let cpath = CString::new([node.cpath.to_bytes(), b"-shm"].concat()).ok()?;
     let flags = libc::O_NOFOLLOW;
     let (fd, writable) = match fd::open(&cpath, libc::O_RDWR | flags, 0) {

@@ -86,7 +86,15 @@ pub(crate) fn attach_db(cpath: &CStr) -> Arc<DbNode> {
         return node.clone();
     }
     let path = cpath.to_string_lossy().into_owned();
-    let (db_mirror, inode) = match fd::open(cpath, libc::O_RDONLY, 0) {
+    // Without OFD locks (non-Linux) a mirror could hold nothing and could never be
+    // proven safe to close: none is opened (the degradation was logged at registration).
+    let mirror = if fd::HAVE_OFD {
+        fd::open(cpath, libc::O_RDONLY, 0)
+    } else {
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+    };
+    let (db_mirror, inode) = match mirror {
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => (None, known),
         Ok(fd) => (
             Some(fd),
             fd::fstat(fd).ok().map(|st| inode_of(&st)).or(known),

@@ -81,3 +81,13 @@ fn a_foreign_vfs_name_is_refused() {
     assert!(matches!(err, walguard::Error::NameTaken(_)), "{err}");
     assert!(err.to_string().contains("Options::named"), "{err}");
 }
+
+#[test]
+fn the_bundled_sqlite_has_no_wal_reset_bug() {
+    // 3.7.0 - 3.51.2 lose commits on a WAL reset whatever the VFS does.
+    assert!(
+        rusqlite::version_number() >= 3_051_003,
+        "bundled SQLite {}",
+        rusqlite::version()
+    );
+}
