@@ -1,0 +1,104 @@
+//! Smoke tests of `vfs-tests bench`: it runs, and it reports. Timing is never asserted
+//! here (the machine may be busy); only that every workload printed a ratio line, and,
+//! from the syscall audit (counting system calls is deterministic), that walguard adds
+//! no system call per page read or written.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const WORKLOADS: [&str; 7] = [
+    "write-normal",
+    "write-full",
+    "batched",
+    "read-point",
+    "scan",
+    "churn",
+    "contention",
+];
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_vfs-tests"))
+}
+
+fn bench(args: &[&str]) -> Output {
+    let out = Command::new(exe())
+        .arg("bench")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} bench: {e}", exe().display()));
+    assert!(
+        out.status.success(),
+        "vfs-tests bench {args:?} exited with {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The ratio a report line gives for `workload` (`<workload> ratio <x> [...] ...`).
+fn ratio_of(report: &str, workload: &str) -> Option<f64> {
+    report.lines().find_map(|line| {
+        let mut f = line.split_whitespace();
+        if f.next() != Some(workload) || f.next() != Some("ratio") {
+            return None;
+        }
+        f.next()?.parse().ok()
+    })
+}
+
+#[test]
+fn quick_bench_prints_a_ratio_for_every_workload() {
+    let out = bench(&["--quick"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    for w in WORKLOADS {
+        let r = ratio_of(&report, w)
+            .unwrap_or_else(|| panic!("no ratio line for workload {w} in the report:\n{report}"));
+        assert!(
+            r.is_finite() && r > 0.0,
+            "workload {w}: ratio {r} is not a positive number\n{report}"
+        );
+    }
+    assert!(
+        report.contains("speedtest1"),
+        "the report says what became of speedtest1:\n{report}"
+    );
+}
+
+#[test]
+fn quick_json_has_every_workload() {
+    let out = bench(&["--quick", "--json", "--only", "read-point,churn"]);
+    let json = String::from_utf8_lossy(&out.stdout);
+    let json = json.trim();
+    assert!(json.starts_with('{') && json.ends_with('}'), "{json}");
+    for w in ["read-point", "churn"] {
+        assert!(json.contains(&format!("\"name\":\"{w}\"")), "{json}");
+    }
+    assert!(json.contains("\"ratio\":"), "{json}");
+    // The human report goes to stderr with --json.
+    let report = String::from_utf8_lossy(&out.stderr);
+    assert!(ratio_of(&report, "churn").is_some(), "{report}");
+}
+
+#[test]
+fn audit_finds_no_extra_syscall_per_page() {
+    if !["/usr/bin/strace", "/bin/strace", "/usr/local/bin/strace"]
+        .iter()
+        .any(|p| Path::new(p).exists())
+    {
+        eprintln!("SKIPPED: strace is not installed (scripts/setup installs it)");
+        return;
+    }
+    let out = bench(&["--quick", "--only", "audit"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    for io in ["read", "write"] {
+        let line = report
+            .lines()
+            .find(|l| l.starts_with(&format!("audit {io}: no extra system call per page")))
+            .unwrap_or_else(|| panic!("no per-page {io} check in the audit:\n{report}"));
+        assert!(
+            line.ends_with("PASS"),
+            "walguard adds system calls per page {io}: {line}\n{report}"
+        );
+    }
+}
