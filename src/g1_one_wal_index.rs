@@ -195,11 +195,17 @@ pub(crate) fn attach_shm(node: &DbNode) -> Option<Arc<ShmNode>> {
     if let Err(e) = fd::ofd_lock(fd, Lock::Read, SHM_DMS, 1) {
         tracing::warn!(target: "walguard", path = %node.path, error = %e, "cannot mirror the -shm dead-man switch");
     }
+    let dir = node
+        .path
+        .rfind('/')
+        .map_or(".", |i| if i == 0 { "/" } else { &node.path[..i] });
+    let watch = CString::new(dir).map_or(0, |d| crate::g4_sidecar_watch::watch(fd, &d));
     let shm = Arc::new(ShmNode {
         fd,
         writable: writable && fd::HAVE_OFD,
         inode,
         cpath,
+        watch,
         slots: Mutex::new([0; SHM_NLOCK]),
     });
     bump!(shm_mapped);

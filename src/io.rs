@@ -51,8 +51,9 @@ pub(crate) struct FileState {
     /// The `-wal` identity this handle's connection opened, and its path (G4).
     wal_inode: Option<Inode>,
     wal_path: Option<std::ffi::CString>,
-    /// When the sidecars were last confirmed (G4).
+    /// When the sidecars were last confirmed, and the watch epoch then (G4).
     checked: g4::Checked,
+    seen_epoch: u64,
     /// Last size the wrapped `xFileSize` reported (G3).
     last_size: i64,
 }
@@ -221,6 +222,7 @@ pub(crate) unsafe fn opened(
         wal_inode: None,
         wal_path: None,
         checked: g4::Checked::default(),
+        seen_epoch: 0,
         last_size: 0,
     });
     // SAFETY: the wrapped open succeeded, so its pMethods is set.
@@ -563,10 +565,16 @@ unsafe extern "C" fn x_shm_lock(
         let write = locking && flags & ffi::SQLITE_SHM_EXCLUSIVE != 0 && ofst == 0;
         let read = locking && flags & ffi::SQLITE_SHM_SHARED != 0 && ofst >= 3;
         if rc == ffi::SQLITE_OK && (write || read) && st.checked.due(write) {
-            if let Err(code) = check_sidecars(st, shm) {
-                let undo = (flags & !ffi::SQLITE_SHM_LOCK) | ffi::SQLITE_SHM_UNLOCK;
-                g1::shm_lock(shm, &mut st.hold, ofst, n, undo);
-                return code;
+            // One non-blocking inotify read says whether anything happened to a sidecar
+            // since this connection last confirmed them; only then the `stat`s.
+            let (must, epoch) = crate::g4_sidecar_watch::must_check(shm.watch, st.seen_epoch);
+            if must {
+                if let Err(code) = check_sidecars(st, shm) {
+                    let undo = (flags & !ffi::SQLITE_SHM_LOCK) | ffi::SQLITE_SHM_UNLOCK;
+                    g1::shm_lock(shm, &mut st.hold, ofst, n, undo);
+                    return code;
+                }
+                st.seen_epoch = epoch;
             }
             st.checked.confirmed();
         }

@@ -30,6 +30,7 @@ pub mod g1_one_wal_index;
 mod g2_wal_lifecycle;
 mod g3_short_header_reads;
 mod g4_sidecar_identity;
+mod g4_sidecar_watch;
 mod g5_torn_extend;
 mod header;
 mod io;

@@ -68,6 +68,9 @@ pub(crate) struct ShmNode {
     pub writable: bool,
     pub inode: Inode,
     pub cpath: CString,
+    /// The inotify instance watching the database's directory (0: none; G4 then
+    /// checks with `stat` at every transaction).
+    pub watch: u64,
     /// Per WAL lock slot: 0 free, n > 0 shared by n handles, -1 exclusive.
     pub slots: Mutex<[i32; 8]>,
 }
