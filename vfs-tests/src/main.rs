@@ -11,6 +11,8 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("worker") => vfs_tests::worker::main(&args[2..]),
+        Some("torture") => vfs_tests::torture::main(&args[2..]),
+        Some("torture-worker") => vfs_tests::torture::worker_main(&args[2..]),
         Some("bench") => vfs_tests::bench::main(&args[2..]),
         Some("bench-child") => vfs_tests::bench::child_main(&args[2..]),
         Some("-h" | "--help" | "help") => {
