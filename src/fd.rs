@@ -188,7 +188,9 @@ pub(crate) fn match_owner_and_mode(fd: RawFd, like: &libc::stat) {
 /// Matching by inode alone (not device) is deliberate: some filesystems (overlayfs, btrfs)
 /// report a different device there than `stat` does; a false match only delays a close.
 pub(crate) fn process_holds_posix_lock(ino: u64) -> bool {
-    let Ok(text) = std::fs::read_to_string("/proc/locks") else {
+    // One large read: the kernel holds its global lock table while /proc/locks is
+    // formatted, for every read call, so small reads slow down every fcntl on the machine.
+    let Ok(text) = read_proc_locks() else {
         return true;
     };
     // SAFETY: getpid cannot fail.
@@ -203,6 +205,38 @@ pub(crate) fn process_holds_posix_lock(ino: u64) -> bool {
         };
         class == "POSIX" && p == pid && id.rsplit(':').next() == Some(ino.as_str())
     })
+}
+
+fn read_proc_locks() -> io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open("/proc/locks")?;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.capacity());
+        }
+        let spare = buf.capacity() - buf.len();
+        let start = buf.len();
+        buf.resize(start + spare, 0);
+        let n = f.read(&mut buf[start..])?;
+        buf.truncate(start + n);
+        if n == 0 {
+            return Ok(String::from_utf8_lossy(&buf).into_owned());
+        }
+    }
+}
+
+/// Whether closing a descriptor of inode `ino` (whose own OFD locks are released) could
+/// cancel a POSIX lock of this process. First one lock probe over the whole file through
+/// `fd`: nothing held by anyone (the usual case) means no, a lock of ours means yes; only
+/// when another process's lock hides the answer is `/proc/locks` read.
+pub(crate) fn close_could_cancel_locks(fd: RawFd, ino: u64) -> bool {
+    match ofd_probe(fd, Lock::Write, 0, 0) {
+        Ok(None) => false,
+        // SAFETY: getpid cannot fail.
+        Ok(Some(h)) if h.pid == unsafe { libc::getpid() } => true,
+        _ => process_holds_posix_lock(ino),
+    }
 }
 
 #[cfg(test)]
@@ -232,12 +266,20 @@ mod tests {
             process_holds_posix_lock(ino),
             "/proc/locks shows our POSIX lock"
         );
+        assert!(
+            close_could_cancel_locks(mirror, ino),
+            "the probe sees our POSIX lock"
+        );
         // A stray open/close elsewhere in the process.
         let stray = open(&path, libc::O_RDONLY, 0).expect("stray open");
         close(stray);
         assert!(
             !process_holds_posix_lock(ino),
             "the stray close cancelled the POSIX lock"
+        );
+        assert!(
+            !close_could_cancel_locks(mirror, ino),
+            "nothing of ours left to cancel"
         );
         // The OFD lock is still there: a probe through another description sees it.
         let other = open(&path, libc::O_RDWR, 0).expect("open other");

@@ -106,9 +106,12 @@ pub(crate) fn before_exclusive(node: &DbNode, id: u64) -> bool {
     true
 }
 
-/// Puts back what `before_exclusive` dropped and ends the tear-down window.
-fn restore_after_exclusive(node: &DbNode, st: &mut DbState, id: u64) {
-    take_mirror(node, st);
+/// Puts back what `before_exclusive` dropped and ends the tear-down window. The
+/// database mirror is re-taken only if the handle keeps SHARED.
+fn restore_after_exclusive(node: &DbNode, st: &mut DbState, id: u64, keeps_shared: bool) {
+    if keeps_shared {
+        take_mirror(node, st);
+    }
     if st.dms_dropped {
         if let Some(shm) = st.shm.as_ref() {
             let _ = fd::ofd_lock(shm.fd, Lock::Read, SHM_DMS, 1);
@@ -122,7 +125,7 @@ fn restore_after_exclusive(node: &DbNode, st: &mut DbState, id: u64) {
 pub(crate) fn exclusive_refused(node: &DbNode, dropped: bool, id: u64) {
     let mut st = node.state.lock();
     if dropped {
-        restore_after_exclusive(node, &mut st, id);
+        restore_after_exclusive(node, &mut st, id, true);
     }
     drop(st);
     // Only when our own mirror was down can a lock the probe sees be someone else's.
@@ -136,10 +139,10 @@ pub(crate) fn exclusive_refused(node: &DbNode, dropped: bool, id: u64) {
     }
 }
 
-/// The handle went back to SHARED from EXCLUSIVE.
-pub(crate) fn back_to_shared(node: &DbNode, id: u64) {
+/// The handle left EXCLUSIVE, for SHARED (`keeps_shared`) or straight for NONE.
+pub(crate) fn left_exclusive(node: &DbNode, id: u64, keeps_shared: bool) {
     let mut st = node.state.lock();
-    restore_after_exclusive(node, &mut st, id);
+    restore_after_exclusive(node, &mut st, id, keeps_shared);
 }
 
 /// A handle dropped from SHARED or above to NONE.
@@ -364,6 +367,13 @@ pub(crate) fn others_hold_wal_index(node: &DbNode, exclude_own_dms: bool) -> boo
 }
 
 /// Whether a delete of the sidecar `path` (`<db>-wal` / `<db>-shm`) must be refused.
+/// At an unmap with delete: whether the `-shm` may go. The tear-down's own decision
+/// (taken under the life-cycle lock and EXCLUSIVE, so nobody can have arrived since)
+/// stands; otherwise probe.
+pub(crate) fn may_delete_shm(node: &DbNode) -> bool {
+    node.state.lock().teardown_clear || !others_hold_wal_index(node, true)
+}
+
 pub(crate) fn refuse_sidecar_delete(path: &CStr) -> bool {
     let bytes = path.to_bytes();
     let Some(db) = bytes
@@ -376,7 +386,7 @@ pub(crate) fn refuse_sidecar_delete(path: &CStr) -> bool {
         return false;
     };
     let others = match registry::find_by_path(&db) {
-        Some(node) => others_hold_wal_index(&node, false),
+        Some(node) => !node.state.lock().teardown_clear && others_hold_wal_index(&node, false),
         None => crate::lock_file::others_present_at(&db),
     };
     if others {

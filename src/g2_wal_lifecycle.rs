@@ -93,6 +93,7 @@ pub(crate) fn release(node: &DbNode, id: u64) {
 pub(crate) fn release_locked(st: &mut DbState, id: u64) {
     if st.lifecycle_holder == Some(id) {
         st.lifecycle_holder = None;
+        st.teardown_clear = false;
         if let Some(lf) = st.lock_file.as_ref() {
             lf.release_lifecycle();
         }
@@ -135,6 +136,7 @@ pub(crate) fn begin_teardown(node: &DbNode, id: u64) -> bool {
             "last-close unlink of -wal/-shm refused: another holder still uses the WAL index");
         return false;
     }
+    node.state.lock().teardown_clear = true;
     bump!(unlink_allowed);
     tracing::debug!(target: "walguard", path = %node.path, decision = "delete",
         "last holder anywhere: normal clean-up of -wal/-shm");

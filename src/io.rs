@@ -415,7 +415,7 @@ unsafe extern "C" fn x_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_i
         let Some(node) = st.db.clone() else { return rc };
         if st.level > level {
             if st.level >= ffi::SQLITE_LOCK_EXCLUSIVE {
-                g1::back_to_shared(&node, st.id);
+                g1::left_exclusive(&node, st.id, level != ffi::SQLITE_LOCK_NONE);
             }
             if level == ffi::SQLITE_LOCK_NONE {
                 g2::release(&node, st.id);
@@ -627,7 +627,7 @@ unsafe extern "C" fn x_shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) ->
             return fwd!(inner, xShmUnmap, delete);
         };
         let mut delete = delete;
-        if delete != 0 && g1::others_hold_wal_index(&node, true) {
+        if delete != 0 && !g1::may_delete_shm(&node) {
             bump!(unlink_refused);
             tracing::info!(target: "walguard", path = %st.path, decision = "keep -shm",
                 "unlink of -shm refused: another holder still uses the WAL index");

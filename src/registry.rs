@@ -55,6 +55,9 @@ pub(crate) struct DbState {
     pub shm_handles: usize,
     /// The `-shm` dead-man-switch mirror is dropped for a tear-down attempt.
     pub dms_dropped: bool,
+    /// The tear-down under way (life-cycle lock held) found no other holder: the unmap
+    /// and delete that follow need not probe again.
+    pub teardown_clear: bool,
     /// Identity of the `-wal` most recently opened for this database (G4).
     pub wal_inode: Option<Inode>,
 }
@@ -170,7 +173,7 @@ pub(crate) fn find_by_path(db_path: &CStr) -> Option<Arc<DbNode>> {
 /// Closes a mirror descriptor now if no POSIX lock of this process can be cancelled by
 /// it, else defers the close.
 pub(crate) fn close_when_safe(fd: RawFd, ino: u64) {
-    if fd::process_holds_posix_lock(ino) {
+    if fd::close_could_cancel_locks(fd, ino) {
         defer_close(fd, ino);
     } else {
         fd::close(fd);
@@ -190,7 +193,7 @@ pub(crate) fn flush_deferred() {
         return;
     }
     deferred.retain(|&(fd, ino)| {
-        if fd::process_holds_posix_lock(ino) {
+        if fd::close_could_cancel_locks(fd, ino) {
             true
         } else {
             fd::close(fd);
