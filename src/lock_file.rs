@@ -39,33 +39,42 @@ impl LockFile {
                 io::Error::from(io::ErrorKind::InvalidInput),
             ));
         };
-        let db_stat = fd::stat(db_path).ok();
-        let mode = db_stat.map_or(0o644, |st| st.st_mode & 0o666);
         let nofollow = libc::O_NOFOLLOW;
-        let created = fd::open(
-            &cpath,
-            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | nofollow,
-            mode,
-        );
-        let (fd, writable) = match created {
-            Ok(fd) => {
-                if let Some(st) = db_stat.as_ref() {
-                    fd::match_owner_and_mode(fd, st);
+        // Usually it exists: one open. Otherwise create it like the database.
+        let (fd, writable) = match fd::open(&cpath, libc::O_RDWR | nofollow, 0) {
+            Ok(fd) => (fd, true),
+            Err(e) if is_symlink_error(&e) => return Err(Unusable::Symlink(path)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let db_stat = fd::stat(db_path).ok();
+                let mode = db_stat.map_or(0o644, |st| st.st_mode & 0o666);
+                match fd::open(
+                    &cpath,
+                    libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | nofollow,
+                    mode,
+                ) {
+                    Ok(fd) => {
+                        if let Some(st) = db_stat.as_ref() {
+                            fd::match_owner_and_mode(fd, st);
+                        }
+                        (fd, true)
+                    }
+                    // Lost a creation race: the other creator set it up; open it.
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                        match fd::open(&cpath, libc::O_RDWR | nofollow, 0) {
+                            Ok(fd) => (fd, true),
+                            Err(e) if is_symlink_error(&e) => return Err(Unusable::Symlink(path)),
+                            Err(e) => return Err(Unusable::Degraded(path, e)),
+                        }
+                    }
+                    Err(e) => return Err(Unusable::Degraded(path, e)),
                 }
-                (fd, true)
             }
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                match fd::open(&cpath, libc::O_RDWR | nofollow, 0) {
-                    Ok(fd) => (fd, true),
-                    Err(e) if is_symlink_error(&e) => return Err(Unusable::Symlink(path)),
-                    Err(_) => match fd::open(&cpath, libc::O_RDONLY | nofollow, 0) {
-                        Ok(fd) => (fd, false),
-                        Err(e) if is_symlink_error(&e) => return Err(Unusable::Symlink(path)),
-                        Err(e) => return Err(Unusable::Degraded(path, e)),
-                    },
-                }
-            }
-            Err(e) => return Err(Unusable::Degraded(path, e)),
+            // Exists but not writable for us: presence still works read-only.
+            Err(_) => match fd::open(&cpath, libc::O_RDONLY | nofollow, 0) {
+                Ok(fd) => (fd, false),
+                Err(e) if is_symlink_error(&e) => return Err(Unusable::Symlink(path)),
+                Err(e) => return Err(Unusable::Degraded(path, e)),
+            },
         };
         // O_NOFOLLOW only guards the last component; a non-regular file is refused too.
         match fd::fstat(fd) {
