@@ -226,7 +226,7 @@ pub(crate) fn detach_shm(node: &DbNode) {
     }
     st.dms_dropped = false;
     if let Some(shm) = st.shm.take() {
-        let _ = fd::ofd_lock(shm.fd, Lock::Unlock, 0, 0);
+        // Closing releases its OFD locks; a deferred close releases them first.
         registry::close_when_safe(shm.fd, shm.inode.1);
     }
 }
@@ -352,13 +352,13 @@ pub(crate) fn others_hold_wal_index(node: &DbNode, exclude_own_dms: bool) -> boo
         return true;
     }
     if let Some(shm) = st.shm.as_ref() {
-        if exclude_own_dms {
+        if exclude_own_dms && !st.dms_dropped {
             let _ = fd::ofd_lock(shm.fd, Lock::Unlock, SHM_DMS, 1);
         }
         // POSIX probe: sees other processes' POSIX locks and every OFD lock; this
         // process's own POSIX lock (SQLite's) is invisible to it, as it should be.
         let other = !matches!(fd::posix_probe(shm.fd, Lock::Write, SHM_DMS, 1), Ok(None));
-        if other && exclude_own_dms {
+        if other && exclude_own_dms && !st.dms_dropped {
             let _ = fd::ofd_lock(shm.fd, Lock::Read, SHM_DMS, 1);
         }
         return other;

@@ -29,7 +29,8 @@ static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 static EPOCH: AtomicU64 = AtomicU64::new(1);
 /// Drains under way: while one is, another thread's event may not have been counted yet.
 static DRAINING: AtomicU32 = AtomicU32::new(0);
-static SETUP: Mutex<()> = Mutex::new(());
+/// Directories already watched, with the instance that watches them.
+static SETUP: Mutex<Vec<(std::ffi::CString, u64)>> = Mutex::new(Vec::new());
 
 /// Watches the directory `dir` (of a database whose `-shm` walguard holds as `shm_fd`).
 /// Returns the instance the watch belongs to, or 0 when there is none (the connection
@@ -37,11 +38,18 @@ static SETUP: Mutex<()> = Mutex::new(());
 pub(crate) fn watch(shm_fd: RawFd, dir: &CStr) -> u64 {
     #[cfg(target_os = "linux")]
     {
+        let mut watched = SETUP.lock();
+        let mut instance = INSTANCE.load(SeqCst);
+        if instance != 0
+            && watched
+                .iter()
+                .any(|(d, i)| *i == instance && d.as_c_str() == dir)
+        {
+            return instance;
+        }
         if !sees_every_change(shm_fd) {
             return 0;
         }
-        let _setup = SETUP.lock();
-        let mut instance = INSTANCE.load(SeqCst);
         if instance == 0 {
             // SAFETY: plain syscall; the descriptor is owned by this module.
             let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
@@ -65,6 +73,8 @@ pub(crate) fn watch(shm_fd: RawFd, dir: &CStr) -> u64 {
         if wd < 0 {
             return 0;
         }
+        watched.retain(|(_, i)| *i == instance);
+        watched.push((dir.to_owned(), instance));
         instance
     }
     #[cfg(not(target_os = "linux"))]

@@ -54,6 +54,8 @@ pub(crate) struct FileState {
     /// When the sidecars were last confirmed, and the watch epoch then (G4).
     checked: g4::Checked,
     seen_epoch: u64,
+    /// This transaction's start (its read lock) already confirmed the sidecars.
+    txn_confirmed: bool,
     /// Last size the wrapped `xFileSize` reported (G3).
     last_size: i64,
 }
@@ -223,6 +225,7 @@ pub(crate) unsafe fn opened(
         wal_path: None,
         checked: g4::Checked::default(),
         seen_epoch: 0,
+        txn_confirmed: false,
         last_size: 0,
     });
     // SAFETY: the wrapped open succeeded, so its pMethods is set.
@@ -564,6 +567,11 @@ unsafe extern "C" fn x_shm_lock(
         let locking = flags & ffi::SQLITE_SHM_LOCK != 0;
         let write = locking && flags & ffi::SQLITE_SHM_EXCLUSIVE != 0 && ofst == 0;
         let read = locking && flags & ffi::SQLITE_SHM_SHARED != 0 && ofst >= 3;
+        if rc == ffi::SQLITE_OK && flags & ffi::SQLITE_SHM_UNLOCK != 0 && ofst >= 3 {
+            st.txn_confirmed = false; // the read lock, i.e. the transaction, ended
+        }
+        // A write transaction starts from a read transaction that was just checked.
+        let write = write && !st.txn_confirmed;
         if rc == ffi::SQLITE_OK && (write || read) && st.checked.due(write) {
             // One non-blocking inotify read says whether anything happened to a sidecar
             // since this connection last confirmed them; only then the `stat`s.
@@ -577,6 +585,7 @@ unsafe extern "C" fn x_shm_lock(
                 st.seen_epoch = epoch;
             }
             st.checked.confirmed();
+            st.txn_confirmed = read;
         }
         rc
     })

@@ -86,11 +86,12 @@ static DEFERRED: Mutex<Vec<(RawFd, u64)>> = Mutex::new(Vec::new());
 /// Registers one more walguard handle on the main database SQLite just opened as `cpath`.
 pub(crate) fn attach_db(cpath: &CStr) -> Arc<DbNode> {
     let mut dbs = DBS.lock();
-    let known = fd::stat(cpath).ok().map(|st| inode_of(&st));
-    if let Some(node) = known.and_then(|k| dbs.get(&k)) {
+    // Most opens name the database as before: no system call to find its node.
+    if let Some(node) = dbs.values().find(|n| n.cpath.as_c_str() == cpath) {
         node.state.lock().handles += 1;
         return node.clone();
     }
+    let known = || fd::stat(cpath).ok().map(|st| inode_of(&st));
     let path = cpath.to_string_lossy().into_owned();
     // Without OFD locks (non-Linux) a mirror could hold nothing and could never be
     // proven safe to close: none is opened (the degradation was logged at registration).
@@ -100,21 +101,22 @@ pub(crate) fn attach_db(cpath: &CStr) -> Arc<DbNode> {
         Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
     };
     let (db_mirror, inode) = match mirror {
-        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => (None, known),
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => (None, known()),
         Ok(fd) => (
             Some(fd),
-            fd::fstat(fd).ok().map(|st| inode_of(&st)).or(known),
+            fd::fstat(fd).ok().map(|st| inode_of(&st)).or_else(known),
         ),
         Err(e) => {
             bump!(degraded);
             tracing::warn!(target: "walguard", path = %path, error = %e,
                 "cannot open a mirror descriptor of the database; lost-lock protection (G1) is off for it");
-            (None, known)
+            (None, known())
         }
     };
     let inode = inode.unwrap_or((0, 0));
     if let Some(node) = dbs.get(&inode) {
-        // Raced with a rename; keep the fresh descriptor until it is safe to close.
+        // The same database under another name (a link): keep the fresh descriptor
+        // until closing it cannot cancel SQLite's locks.
         if let Some(fd) = db_mirror {
             defer_close(fd, inode.1);
         }
@@ -149,10 +151,7 @@ pub(crate) fn detach_db(node: &Arc<DbNode>) {
     // Dropping the lock file releases presence; safe (only OFD locks live there).
     st.lock_file = None;
     if let Some(fd) = node.db_mirror {
-        if st.mirror_held {
-            let _ = fd::ofd_lock(fd, Lock::Unlock, 0, 0);
-            st.mirror_held = false;
-        }
+        st.mirror_held = false;
         close_when_safe(fd, node.inode.1);
     }
     drop(st);
@@ -181,6 +180,8 @@ pub(crate) fn close_when_safe(fd: RawFd, ino: u64) {
 }
 
 fn defer_close(fd: RawFd, ino: u64) {
+    // A descriptor that waits must not keep holding walguard's own locks.
+    let _ = fd::ofd_lock(fd, Lock::Unlock, 0, 0);
     bump!(mirror_close_deferred);
     tracing::debug!(target: "walguard", fd, ino, "mirror close deferred: this process still holds POSIX locks on the file");
     DEFERRED.lock().push((fd, ino));
