@@ -70,9 +70,10 @@ thread_local! {
 /// Runs `f`, turning a panic into `on_panic` (an SQLite result code). No panic crosses
 /// the FFI boundary.
 pub(crate) fn guard<T>(what: &'static str, on_panic: T, f: impl FnOnce() -> T) -> T {
-    let outer = IN_WALGUARD.with(|c| c.replace(true));
+    // try_with: SQLite may be called from a thread-local destructor at thread exit.
+    let outer = IN_WALGUARD.try_with(|c| c.replace(true)).unwrap_or(false);
     let result = catch_unwind(AssertUnwindSafe(f));
-    IN_WALGUARD.with(|c| c.set(outer));
+    let _ = IN_WALGUARD.try_with(|c| c.set(outer));
     match result {
         Ok(v) => v,
         Err(payload) => {
@@ -101,7 +102,7 @@ pub(crate) fn install_quiet_panic_hook() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if !IN_WALGUARD.with(|c| c.get()) {
+            if !IN_WALGUARD.try_with(|c| c.get()).unwrap_or(false) {
                 previous(info);
             }
         }));
