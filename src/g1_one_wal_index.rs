@@ -203,7 +203,9 @@ pub(crate) fn attach_shm(node: &DbNode) -> Option<Arc<ShmNode>> {
         .rfind('/')
         .map_or(".", |i| if i == 0 { "/" } else { &node.path[..i] });
     let watch = CString::new(dir).map_or(0, |d| crate::g4_sidecar_watch::watch(fd, &d));
+    let lock_file = st.lock_file.as_ref().and_then(|lf| lf.dup_for_locks());
     let shm = Arc::new(ShmNode {
+        lock_file,
         fd,
         writable: writable && fd::HAVE_OFD,
         inode,
@@ -267,6 +269,9 @@ pub(crate) fn shm_lock(
         if fd::ofd_lock(shm.fd, Lock::Unlock, byte, n as i64).is_err() {
             return ffi::SQLITE_IOERR_UNLOCK;
         }
+        if hold.excl & mask != 0 {
+            mirror_on_lock_file(shm, Lock::Unlock, first, count);
+        }
         slots[first..first + count].fill(0);
         hold.shared &= !mask;
         hold.excl &= !mask;
@@ -302,6 +307,10 @@ pub(crate) fn shm_lock(
         Ok(false) => return ffi::SQLITE_BUSY,
         Err(_) => return ffi::SQLITE_IOERR_SHMLOCK,
     }
+    if let Some(rc) = mirror_on_lock_file(shm, Lock::Write, first, count) {
+        let _ = fd::ofd_lock(shm.fd, Lock::Unlock, byte, n as i64);
+        return rc;
+    }
     slots[first..first + count].fill(-1);
     hold.excl |= mask;
     ffi::SQLITE_OK
@@ -311,6 +320,31 @@ pub(crate) fn shm_lock(
 /// OFD probe of the read-mark bytes ignores this instance's own locks.
 pub(crate) fn external_reader(shm: &ShmNode) -> std::io::Result<bool> {
     Ok(fd::ofd_probe(shm.fd, Lock::Write, SHM_BASE + 3, SHM_NLOCK as i64 - 3)?.is_some())
+}
+
+/// WAL lock slots mirrored on the lock file: WRITE (0) and CKPT (1).
+const MIRRORED_SLOTS: usize = 2;
+
+/// Mirrors an exclusive WRITE/CKPT lock (or its release) on the sidecar lock file, whose
+/// inode no `rm`/`mv` of the `-shm` replaces. Processes that map a replaced `-shm` and
+/// processes still on the old one then still exclude each other's writers and
+/// checkpointers: a new index is recovered only once the old index's last writer has
+/// committed (it fails its next transaction, G4), so recovery sees every commit.
+/// `Some(code)` when the lock is held elsewhere (BUSY) or failed.
+fn mirror_on_lock_file(shm: &ShmNode, kind: Lock, first: usize, count: usize) -> Option<c_int> {
+    use std::os::fd::AsRawFd;
+    let lf = shm.lock_file.as_ref()?;
+    let end = (first + count).min(MIRRORED_SLOTS);
+    if first >= end {
+        return None;
+    }
+    let (start, len) = (SHM_BASE + first as i64, (end - first) as i64);
+    match fd::ofd_lock(lf.as_raw_fd(), kind, start, len) {
+        Ok(true) => None,
+        Ok(false) => Some(ffi::SQLITE_BUSY),
+        Err(_) if kind == Lock::Unlock => None,
+        Err(_) => Some(ffi::SQLITE_IOERR_SHMLOCK),
+    }
 }
 
 /// Releases whatever WAL locks a handle still holds (at unmap).

@@ -54,8 +54,6 @@ pub(crate) struct FileState {
     /// When the sidecars were last confirmed, and the watch epoch then (G4).
     checked: g4::Checked,
     seen_epoch: u64,
-    /// This transaction's start (its read lock) already confirmed the sidecars.
-    txn_confirmed: bool,
     /// Last size the wrapped `xFileSize` reported (G3).
     last_size: i64,
 }
@@ -226,7 +224,6 @@ pub(crate) unsafe fn opened(
         wal_path: None,
         checked: g4::Checked::default(),
         seen_epoch: 0,
-        txn_confirmed: false,
         last_size: 0,
     });
     // SAFETY: the wrapped open succeeded, so its pMethods is set.
@@ -563,16 +560,15 @@ unsafe extern "C" fn x_shm_lock(
             return fwd!(inner, xShmLock, ofst, n, flags);
         };
         let rc = g1::shm_lock(shm, &mut st.hold, ofst, n, flags);
-        // A write transaction (WRITE slot, exclusive) or a read transaction (a READ
-        // slot, shared) starts: check that the sidecars are still the ones we use (G4).
+        // A write transaction (WRITE slot, exclusive; checked again even inside a checked
+        // read transaction: the sidecars may have been replaced since it began) or a read
+        // transaction (a READ slot, shared) starts: are the sidecars still ours (G4)?
         let locking = flags & ffi::SQLITE_SHM_LOCK != 0;
         let write = locking && flags & ffi::SQLITE_SHM_EXCLUSIVE != 0 && ofst == 0;
         let read = locking && flags & ffi::SQLITE_SHM_SHARED != 0 && ofst >= 3;
-        if rc == ffi::SQLITE_OK && flags & ffi::SQLITE_SHM_UNLOCK != 0 && ofst >= 3 {
-            st.txn_confirmed = false; // the read lock, i.e. the transaction, ended
-        }
-        // A write transaction starts from a read transaction that was just checked.
-        let write = write && !st.txn_confirmed;
+        // A checkpoint (CKPT slot, exclusive) writes the database file from this index:
+        // it must not run from a replaced one either.
+        let write = write || (locking && flags & ffi::SQLITE_SHM_EXCLUSIVE != 0 && ofst == 1);
         if rc == ffi::SQLITE_OK && (write || read) && st.checked.due(write) {
             // One non-blocking inotify read says whether anything happened to a sidecar
             // since this connection last confirmed them; only then the `stat`s.
@@ -586,7 +582,6 @@ unsafe extern "C" fn x_shm_lock(
                 st.seen_epoch = epoch;
             }
             st.checked.confirmed();
-            st.txn_confirmed = read;
         }
         rc
     })

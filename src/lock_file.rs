@@ -115,6 +115,17 @@ impl LockFile {
         let _ = fd::ofd_lock(self.fd, Lock::Unlock, LIFECYCLE, 1);
     }
 
+    /// A duplicate descriptor of the lock file (for the WAL lock mirror), if writable.
+    pub(crate) fn dup_for_locks(&self) -> Option<std::os::fd::OwnedFd> {
+        use std::os::fd::BorrowedFd;
+        if !self.writable {
+            return None;
+        }
+        // SAFETY: `self.fd` is open for as long as `self` lives, which covers this call.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        borrowed.try_clone_to_owned().ok()
+    }
+
     pub(crate) fn writable(&self) -> bool {
         self.writable
     }

@@ -76,6 +76,10 @@ pub(crate) struct ShmNode {
     pub watch: u64,
     /// Per WAL lock slot: 0 free, n > 0 shared by n handles, -1 exclusive.
     pub slots: Mutex<[i32; 8]>,
+    /// The sidecar lock file (a duplicate descriptor), where the WRITE and CKPT locks
+    /// are mirrored too: a `-shm` that was removed or replaced under running processes
+    /// cannot give a second set of writers or checkpointers (see g1_one_wal_index).
+    pub lock_file: Option<std::os::fd::OwnedFd>,
 }
 
 static DBS: LazyLock<Mutex<HashMap<Inode, Arc<DbNode>>>> =
