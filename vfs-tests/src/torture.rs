@@ -65,8 +65,9 @@ fn db_len(p: &Path) -> Result<Option<u64>, String> {
     }
 }
 
-/// Checks that `--db PATH` may be used (empty or absent, or `--force`) and clears it.
-fn prepare_user_db(db: &Path, force: bool) -> Result<(), String> {
+/// Checks that `--db PATH` may be used (empty or absent, or `--force`) and, when `clear`,
+/// removes it and its sidecars.
+fn prepare_user_db(db: &Path, force: bool, clear: bool) -> Result<(), String> {
     let parent = match db.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -93,13 +94,13 @@ fn prepare_user_db(db: &Path, force: bool) -> Result<(), String> {
     }
     if !holding.is_empty() && !force {
         return Err(format!(
-            "refusing to use --db {}: it holds data: {}; the campaign overwrites it, so \
-             pass --force if that is what you want",
+            "refusing to use --db {}: it holds data: {}; pass --force to let the \
+             campaign use (and overwrite) it",
             db.display(),
             holding.join(", ")
         ));
     }
-    for f in &files {
+    for f in files.iter().filter(|_| clear) {
         match std::fs::remove_file(f) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -165,12 +166,20 @@ pub fn main(args: &[String]) -> ExitCode {
         }
     };
     let both = cfg.vfs.len() > 1;
+    if let (Some(p), true) = (&cfg.db, both) {
+        // The runs use PATH.unix and PATH.walguard; PATH itself is only checked, so that
+        // a database given by mistake is refused all the same.
+        if let Err(e) = prepare_user_db(p, cfg.force, false) {
+            eprintln!("vfs-tests torture: {e}");
+            return ExitCode::from(EXIT_HARNESS);
+        }
+    }
     let mut plans = Vec::new();
     for &vfs in &cfg.vfs {
         let db = match &cfg.db {
             Some(p) => {
                 let db = user_db_for(p, vfs, both);
-                if let Err(e) = prepare_user_db(&db, cfg.force) {
+                if let Err(e) = prepare_user_db(&db, cfg.force, true) {
                     eprintln!("vfs-tests torture: {e}");
                     return ExitCode::from(EXIT_HARNESS);
                 }

@@ -410,7 +410,13 @@ pub fn run_json(r: &RunResult) -> String {
         fields.push((format!("ext_{}", k.replace('-', "_")), n.to_string()));
     }
     for (k, n) in &r.totals {
-        fields.push((k.clone(), n.to_string()));
+        // Worker counters whose name is taken by a verdict field above get a prefix.
+        let key = if fields.iter().any(|(f, _)| f == k) {
+            format!("worker_{k}")
+        } else {
+            k.clone()
+        };
+        fields.push((key, n.to_string()));
     }
     fields.push(("failures".into(), json_list(&r.failures())));
     fields.push(("lost_examples".into(), json_list(&v.lost_examples)));
