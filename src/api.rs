@@ -36,6 +36,8 @@ pub(crate) struct Api {
         unsafe extern "C" fn(*mut ffi::sqlite3_context, *const c_char, c_int, Destructor),
     pub auto_extension: unsafe extern "C" fn(Option<unsafe extern "C" fn()>) -> c_int,
     pub log: Option<unsafe extern "C" fn(c_int, *const c_char, ...)>,
+    /// `sqlite3_uri_boolean` (SQLite >= 3.7.7; `None` on older hosts).
+    pub uri_boolean: Option<unsafe extern "C" fn(*const c_char, *const c_char, c_int) -> c_int>,
 }
 
 /// How many distinct SQLite libraries ("hosts") one copy of walguard can serve in one
@@ -103,6 +105,7 @@ pub(crate) fn linked() -> Api {
         result_text: ffi::sqlite3_result_text,
         auto_extension,
         log: Some(ffi::sqlite3_log),
+        uri_boolean: Some(ffi::sqlite3_uri_boolean),
     }
 }
 
@@ -128,7 +131,22 @@ pub(crate) unsafe fn from_routines(routines: *const ffi::sqlite3_api_routines) -
         result_text: r.result_text?,
         auto_extension: r.auto_extension?,
         log: r.log,
+        uri_boolean: r.uri_boolean,
     })
+}
+
+/// Whether the URI parameter `param` of the main-database name `name` (as SQLite passed
+/// it to `xOpen`) is true; `false` when the host cannot say.
+///
+/// # Safety
+/// `name` is the name SQLite passed to `xOpen` for a main database (it carries the URI
+/// parameters after its terminating NUL).
+pub(crate) unsafe fn uri_flag(api: &Api, name: *const c_char, param: &std::ffi::CStr) -> bool {
+    match api.uri_boolean {
+        // SAFETY: per the contract; `param` is NUL-terminated.
+        Some(f) if !name.is_null() => unsafe { f(name, param.as_ptr(), 0) != 0 },
+        _ => false,
+    }
 }
 
 /// Sends a message to SQLite's error log (`SQLITE_CONFIG_LOG`), where hosts that listen

@@ -169,6 +169,20 @@ pub(crate) fn close(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
 
+/// Opens `path` read-write, creating it if missing the way the unix VFS creates a
+/// database's `-wal` and `-shm`: `O_NOFOLLOW`, the permission bits of `like` (the
+/// database), and — when the file is new (empty) — its exact mode and owner.
+pub(crate) fn open_or_create_like(path: &CStr, like: Option<&libc::stat>) -> io::Result<RawFd> {
+    let mode = like.map_or(0o644, |st| st.st_mode & 0o777);
+    let fd = open(path, libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW, mode)?;
+    if let Some(st) = like {
+        if fstat(fd).is_ok_and(|s| s.st_size == 0) {
+            match_owner_and_mode(fd, st);
+        }
+    }
+    Ok(fd)
+}
+
 /// `fchmod`/`fchown` a file walguard just created so it matches the database's owner and
 /// permissions exactly (umask would otherwise narrow them). Best effort.
 pub(crate) fn match_owner_and_mode(fd: RawFd, like: &libc::stat) {

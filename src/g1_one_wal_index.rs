@@ -18,6 +18,11 @@
 //!   lock on the same byte: measured), so walguard takes them instead of the unix VFS.
 //!   The dead-man-switch byte 128 is mirrored with an OFD read lock, so nobody
 //!   re-initialises a `-shm` this process still maps.
+//! - **The file walguard locks is the file SQLite maps.** walguard opens the `-shm`
+//!   just before the wrapped VFS does and checks afterwards that the path still names it;
+//!   a `-shm` removed or replaced in between makes the mapping retry. Otherwise a process
+//!   could map one `-shm` while walguard held its locks (and watched, G4) on another —
+//!   and a newcomer would trust that other file's stale contents without recovery.
 //! - **Refusal as the second wall.** At last close SQLite asks
 //!   `SQLITE_FCNTL_PERSIST_WAL`; walguard answers "persist" while another holder exists
 //!   (presence byte of `<db>-walguard`, or any lock on the `-shm` dead-man-switch byte
@@ -26,16 +31,17 @@
 //!
 //! Cost: an `open`+`fstat` of the database at first open, one `fcntl` when a handle
 //! enters or leaves SHARED (the unix VFS makes the same transitions), an `open`+`fstat`+
-//! `fcntl` of the `-shm` at the first mapping, WAL lock `fcntl`s exactly where the unix VFS
+//! `stat`+`fcntl` of the `-shm` at the first mapping, WAL lock `fcntl`s exactly where the unix VFS
 //! makes its own (none added), and at close a read of `/proc/locks` and two lock probes.
 
 use crate::fd::{self, Lock};
 use crate::g2_wal_lifecycle as g2;
-use crate::registry::{self, inode_of, DbNode, DbState, ShmNode};
+use crate::registry::{self, inode_of, DbNode, DbState, Inode, ShmNode};
 use crate::stats::bump;
 use libsqlite3_sys as ffi;
 use parking_lot::Mutex;
 use std::ffi::{CStr, CString};
+use std::os::fd::RawFd;
 use std::os::raw::c_int;
 use std::sync::Arc;
 
@@ -165,31 +171,113 @@ pub(crate) fn hold_presence(node: &DbNode, st: &DbState) {
     }
 }
 
-/// Attaches a handle that just mapped the `-shm` for the first time.
-pub(crate) fn attach_shm(node: &DbNode) -> Option<Arc<ShmNode>> {
-    let mut st = node.state.lock();
-    if let Some(shm) = st.shm.clone() {
-        st.shm_handles += 1;
-        return Some(shm);
+/// What [`prepare_shm`] found before a handle's first `xShmMap`.
+pub(crate) enum ShmPrep {
+    /// This instance already serves the `-shm` of this database: the wrapped VFS shares
+    /// its mapping with the handles already attached.
+    Served,
+    /// The `-shm`, opened by walguard *before* the wrapped VFS opens it, so that
+    /// [`attach_shm`] can prove both name the same file.
+    Opened {
+        fd: RawFd,
+        writable: bool,
+        inode: Inode,
+    },
+    /// No OFD locks here, or the `-shm` cannot be opened (logged): WAL locks stay with
+    /// the wrapped VFS.
+    Unguarded,
+}
+
+/// Why a first mapping must be retried.
+pub(crate) struct Retry;
+
+fn shm_cpath(node: &DbNode) -> Option<CString> {
+    CString::new([node.cpath.to_bytes(), b"-shm"].concat()).ok()
+}
+
+/// Before a handle's first `xShmMap` (under the life-cycle lock): opens the `-shm` the
+/// wrapped VFS is about to open, creating it as the unix VFS would (the database's
+/// permissions and owner) unless the connection asked for `readonly_shm`.
+pub(crate) fn prepare_shm(node: &DbNode, readonly_shm: bool) -> ShmPrep {
+    if node.state.lock().shm.is_some() {
+        return ShmPrep::Served;
     }
     if !fd::HAVE_OFD {
-        return None; // WAL locks stay with the wrapped VFS (logged at registration)
+        return ShmPrep::Unguarded; // logged at registration
     }
-    let cpath = CString::new([node.cpath.to_bytes(), b"-shm"].concat()).ok()?;
-    let flags = libc::O_NOFOLLOW;
-    let (fd, writable) = match fd::open(&cpath, libc::O_RDWR | flags, 0) {
-        Ok(fd) => (fd, true),
-        Err(_) => match fd::open(&cpath, libc::O_RDONLY | flags, 0) {
-            Ok(fd) => (fd, false),
-            Err(e) => {
-                bump!(degraded);
-                tracing::warn!(target: "walguard", path = %node.path, error = %e,
-                    "cannot open the -shm; WAL locks are left to the wrapped VFS, unguarded");
-                return None;
-            }
-        },
+    let Some(cpath) = shm_cpath(node) else {
+        return ShmPrep::Unguarded;
+    };
+    let nofollow = libc::O_NOFOLLOW;
+    let opened = match fd::open(&cpath, libc::O_RDWR | nofollow, 0) {
+        Ok(fd) => Ok((fd, true)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !readonly_shm => {
+            let like = node.db_mirror.and_then(|m| fd::fstat(m).ok());
+            fd::open_or_create_like(&cpath, like.as_ref()).map(|fd| (fd, true))
+        }
+        Err(_) => fd::open(&cpath, libc::O_RDONLY | nofollow, 0).map(|fd| (fd, false)),
+    };
+    let (fd, writable) = match opened {
+        Ok(v) => v,
+        Err(e) => {
+            bump!(degraded);
+            tracing::warn!(target: "walguard", path = %node.path, error = %e,
+                "cannot open the -shm; WAL locks are left to the wrapped VFS, unguarded");
+            return ShmPrep::Unguarded;
+        }
     };
     let inode = fd::fstat(fd).map(|s| inode_of(&s)).unwrap_or((0, 0));
+    ShmPrep::Opened {
+        fd,
+        writable,
+        inode,
+    }
+}
+
+/// Gives back what [`prepare_shm`] opened when the wrapped `xShmMap` failed.
+pub(crate) fn abandon_shm(prep: ShmPrep) {
+    if let ShmPrep::Opened { fd, inode, .. } = prep {
+        registry::close_when_safe(fd, inode.1);
+    }
+}
+
+/// Attaches a handle whose wrapped file just mapped the `-shm` for the first time.
+/// `Err(Retry)` when the `-shm` was removed or replaced while the wrapped VFS opened it:
+/// walguard cannot prove which file the wrapped VFS mapped, so the caller undoes the
+/// mapping and SQLite retries (it never runs on an index walguard does not guard).
+pub(crate) fn attach_shm(node: &DbNode, prep: ShmPrep) -> Result<Option<Arc<ShmNode>>, Retry> {
+    let mut st = node.state.lock();
+    if let Some(shm) = st.shm.clone() {
+        // Served, or (without a usable lock file, where set-ups are not serialised)
+        // another handle of this process attached first: share its node.
+        abandon_shm(prep);
+        st.shm_handles += 1;
+        return Ok(Some(shm));
+    }
+    let (fd, writable, inode) = match prep {
+        ShmPrep::Unguarded => return Ok(None),
+        // The node went away since `prepare_shm` (its last handle unmapped): the wrapped
+        // VFS may have opened the `-shm` anew; start over.
+        ShmPrep::Served => return Err(Retry),
+        ShmPrep::Opened {
+            fd,
+            writable,
+            inode,
+        } => (fd, writable, inode),
+    };
+    let Some(cpath) = shm_cpath(node) else {
+        abandon_shm(prep);
+        return Ok(None);
+    };
+    // The path named walguard's file before the wrapped VFS opened it and still names
+    // it: the wrapped VFS opened (and mapped) that same file.
+    if !fd::stat(&cpath).is_ok_and(|s| inode_of(&s) == inode) {
+        registry::close_when_safe(fd, inode.1);
+        bump!(sidecar_replaced);
+        tracing::info!(target: "walguard", path = %node.path, decision = "retry",
+            "the -shm was removed or replaced during WAL set-up; mapping again");
+        return Err(Retry);
+    }
     if !writable && registry::first_warning(&format!("{}-shm read-only", node.path)) {
         bump!(degraded);
         tracing::warn!(target: "walguard", path = %node.path,
@@ -207,7 +295,7 @@ pub(crate) fn attach_shm(node: &DbNode) -> Option<Arc<ShmNode>> {
     let shm = Arc::new(ShmNode {
         lock_file,
         fd,
-        writable: writable && fd::HAVE_OFD,
+        writable,
         inode,
         cpath,
         watch,
@@ -216,7 +304,7 @@ pub(crate) fn attach_shm(node: &DbNode) -> Option<Arc<ShmNode>> {
     bump!(shm_mapped);
     st.shm = Some(shm.clone());
     st.shm_handles = 1;
-    Some(shm)
+    Ok(Some(shm))
 }
 
 /// A handle unmapped the `-shm` (after the wrapped VFS did).

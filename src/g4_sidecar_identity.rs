@@ -21,7 +21,7 @@
 //! `SQLITE_IOERR_FSTAT`: the identity cannot be confirmed, so the guard fails closed
 //! with a retryable error rather than risk writing into a split.
 
-use std::ffi::{CStr, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::raw::c_int;
 use std::os::unix::ffi::OsStrExt;
@@ -96,6 +96,38 @@ pub(crate) fn file_id_of_path(path: &CStr) -> io::Result<Option<FileId>> {
         Err(e) if is_gone(&e) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Just before the wrapped VFS opens the `-wal` at `path`: the identity of the file the
+/// path names, creating it first (as the unix VFS would: the database's permissions and
+/// owner) when it is missing and SQLite asked for creation. With [`confirm_opened`]
+/// afterwards this proves which file the wrapped VFS opened, without its descriptor.
+/// SQLite never locks a `-wal`, so the descriptor used here is closed at once.
+pub(crate) fn identify_before_open(path: &CStr, create: bool) -> Option<FileId> {
+    if let Ok(Some(id)) = file_id_of_path(path) {
+        return Some(id);
+    }
+    if !create {
+        return None;
+    }
+    let db = CString::new(path.to_bytes().strip_suffix(b"-wal")?).ok()?;
+    let like = crate::fd::stat(&db).ok();
+    let fd = crate::fd::open_or_create_like(path, like.as_ref()).ok()?;
+    let id = crate::fd::fstat(fd).ok().map(|st| {
+        let (dev, ino) = crate::registry::inode_of(&st);
+        FileId { dev, ino }
+    });
+    crate::fd::close(fd);
+    id
+}
+
+/// Right after the wrapped VFS opened the `-wal` at `path`: `before` (from
+/// [`identify_before_open`]) when the path still names that file — then it is the file
+/// the wrapped VFS opened. `None`: the `-wal` was removed or replaced while it was being
+/// opened; the caller opens again.
+pub(crate) fn confirm_opened(path: &CStr, before: Option<FileId>) -> Option<FileId> {
+    let before = before?;
+    matches!(file_id_of_path(path), Ok(Some(now)) if now == before).then_some(before)
 }
 
 fn is_gone(e: &io::Error) -> bool {

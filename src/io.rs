@@ -56,6 +56,8 @@ pub(crate) struct FileState {
     seen_epoch: u64,
     /// Last size the wrapped `xFileSize` reported (G3).
     last_size: i64,
+    /// The connection asked for `readonly_shm=1` (walguard then never creates a `-shm`).
+    readonly_shm: bool,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -171,6 +173,7 @@ pub(crate) unsafe fn opened(
     file: *mut ffi::sqlite3_file,
     name: *const c_char,
     flags: c_int,
+    wal_id: Option<g4::FileId>,
     vfs_name: &'static str,
     api: &'static crate::api::Api,
 ) -> c_int {
@@ -201,7 +204,7 @@ pub(crate) unsafe fn opened(
     };
     if kind == Kind::Wal && !name.is_null() {
         // SAFETY: as above.
-        note_wal_opened(unsafe { std::ffi::CStr::from_ptr(name) });
+        note_wal_opened(unsafe { std::ffi::CStr::from_ptr(name) }, wal_id);
     }
     bump!(files_opened);
     match kind {
@@ -225,6 +228,9 @@ pub(crate) unsafe fn opened(
         checked: g4::Checked::default(),
         seen_epoch: 0,
         last_size: 0,
+        // SAFETY: a main database's name as SQLite passed it to xOpen.
+        readonly_shm: kind == Kind::MainDb
+            && unsafe { crate::api::uri_flag(api, name, c"readonly_shm") },
     });
     // SAFETY: the wrapped open succeeded, so its pMethods is set.
     let version = unsafe { (*(*inner).pMethods).iVersion };
@@ -237,7 +243,9 @@ pub(crate) unsafe fn opened(
     ffi::SQLITE_OK
 }
 
-fn note_wal_opened(wal: &std::ffi::CStr) {
+/// Records the identity of the `-wal` the wrapped VFS just opened (proven by
+/// [`g4::confirm_opened`]; `None` when it could not be) for its database (G4).
+fn note_wal_opened(wal: &std::ffi::CStr, id: Option<g4::FileId>) {
     let Some(db) = wal.to_bytes().strip_suffix(b"-wal") else {
         return;
     };
@@ -245,8 +253,7 @@ fn note_wal_opened(wal: &std::ffi::CStr) {
         return;
     };
     if let Some(node) = registry::find_by_path(&db) {
-        let id = crate::fd::stat(wal).ok().map(|st| registry::inode_of(&st));
-        node.state.lock().wal_inode = id;
+        node.state.lock().wal_inode = id.map(|id| (id.dev, id.ino));
     }
 }
 
@@ -533,14 +540,30 @@ unsafe extern "C" fn x_shm_map(
         if let Err(rc) = g2::begin_setup(&node, st.id) {
             return rc;
         }
-        let rc = fwd!(inner, xShmMap, page, page_size, extend, out);
+        let prep = g1::prepare_shm(&node, st.readonly_shm);
+        let mut rc = fwd!(inner, xShmMap, page, page_size, extend, out);
         // The wrapped VFS attached this handle to its shared memory (even when the page
         // itself is not there yet and `*out` is NULL): from now on walguard serves its
         // WAL locks.
         if rc == ffi::SQLITE_OK || rc == ffi::SQLITE_READONLY {
-            st.shm = g1::attach_shm(&node);
-            st.wal_inode = node.state.lock().wal_inode;
-            st.wal_path = std::ffi::CString::new([node.cpath.to_bytes(), b"-wal"].concat()).ok();
+            match g1::attach_shm(&node, prep) {
+                Ok(shm) => {
+                    st.shm = shm;
+                    st.wal_inode = node.state.lock().wal_inode;
+                    st.wal_path =
+                        std::ffi::CString::new([node.cpath.to_bytes(), b"-wal"].concat()).ok();
+                }
+                Err(g1::Retry) => {
+                    // Undo the mapping; SQLite treats BUSY from a first xShmMap as
+                    // transient and retries its read transaction.
+                    // SAFETY: `out` is SQLite's; nothing was handed out to use yet.
+                    unsafe { *out = std::ptr::null_mut() };
+                    fwd!(inner, xShmUnmap, 0);
+                    rc = ffi::SQLITE_BUSY;
+                }
+            }
+        } else {
+            g1::abandon_shm(prep);
         }
         g2::release(&node, st.id);
         rc

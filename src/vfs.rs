@@ -5,7 +5,7 @@
 
 use crate::io::{self, guard, HEADER_SIZE};
 use crate::stats::bump;
-use crate::{api, g1_one_wal_index as g1, sqlfn, Error, Options};
+use crate::{api, g1_one_wal_index as g1, g4_sidecar_identity as g4, sqlfn, Error, Options};
 use libsqlite3_sys as ffi;
 use parking_lot::Mutex;
 use std::ffi::{CStr, CString};
@@ -222,6 +222,10 @@ macro_rules! wfwd {
     }};
 }
 
+/// How many times a `-wal` that keeps being replaced while it opens is opened before the
+/// open fails (SQLITE_CANTOPEN): each replacement is an outside `rm`/`mv` racing SQLite.
+const WAL_OPEN_ATTEMPTS: usize = 3;
+
 unsafe extern "C" fn x_open(
     vfs: *mut ffi::sqlite3_vfs,
     name: *const c_char,
@@ -240,15 +244,44 @@ unsafe extern "C" fn x_open(
         let inner = unsafe { (file as *mut u8).add(HEADER_SIZE) as *mut ffi::sqlite3_file };
         // SAFETY: inner's pMethods must start NULL for the wrapped VFS too.
         unsafe { (*inner).pMethods = std::ptr::null() };
-        let rc = wfwd!(
-            vfs,
-            xOpen,
-            ffi::SQLITE_CANTOPEN,
-            name,
-            inner,
-            flags,
-            out_flags
-        );
+        let mut wal_id = None;
+        let mut rc = ffi::SQLITE_CANTOPEN;
+        let wal_path = (flags & ffi::SQLITE_OPEN_WAL != 0 && !name.is_null())
+            // SAFETY: SQLite file names are NUL-terminated.
+            .then(|| unsafe { CStr::from_ptr(name) });
+        for _ in 0..WAL_OPEN_ATTEMPTS {
+            let before =
+                wal_path.map(|p| g4::identify_before_open(p, flags & ffi::SQLITE_OPEN_CREATE != 0));
+            rc = wfwd!(
+                vfs,
+                xOpen,
+                ffi::SQLITE_CANTOPEN,
+                name,
+                inner,
+                flags,
+                out_flags
+            );
+            let (Some(path), ffi::SQLITE_OK) = (wal_path, rc) else {
+                break;
+            };
+            // G4 identifies the `-wal` by what its path names; prove that is the file the
+            // wrapped VFS just opened, or open again (an `rm`/`mv` landed in between).
+            wal_id = g4::confirm_opened(path, before.flatten());
+            if wal_id.is_some() {
+                break;
+            }
+            bump!(sidecar_replaced);
+            tracing::info!(target: "walguard", path = %path.to_string_lossy(), decision = "reopen",
+                "the -wal was removed or replaced while it was being opened; opening again");
+            // SAFETY: the wrapped open succeeded, so its methods are set; close once.
+            unsafe {
+                if let Some(close) = (*inner).pMethods.as_ref().and_then(|m| m.xClose) {
+                    close(inner);
+                }
+                (*inner).pMethods = std::ptr::null();
+            }
+            rc = ffi::SQLITE_CANTOPEN;
+        }
         if rc != ffi::SQLITE_OK {
             // SAFETY: if the wrapped open left methods set, it expects xClose.
             unsafe {
@@ -269,7 +302,7 @@ unsafe extern "C" fn x_open(
             return rc;
         }
         // SAFETY: the wrapped open succeeded.
-        unsafe { io::opened(file, name, flags, data(vfs).name, data(vfs).api) }
+        unsafe { io::opened(file, name, flags, wal_id, data(vfs).name, data(vfs).api) }
     })
 }
 

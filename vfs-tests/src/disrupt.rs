@@ -9,6 +9,10 @@
 //! - [`Disruptor::SecondRuntime`]: open/read/close through a second SQLite library
 //!   ([`crate::second_runtime`]).
 //!
+//! Sidecar replacement from outside: [`replace_with_copy`] (an external `cp` + `mv`), and
+//! [`replace_after_next_open`], which lands one exactly between SQLite's own `open()`
+//! of a `-shm` or `-wal` and whatever follows it.
+//!
 //! The detectors read `/proc`: [`scan_deleted_sidecars`] (every process),
 //! [`own_deleted_sidecars`] and [`mapped_shm`] (this process).
 
@@ -43,6 +47,121 @@ pub fn kernel_path(db: &Path) -> PathBuf {
             .unwrap_or(abs),
         _ => abs,
     }
+}
+
+/// `cp P P.torture-copy && mv P.torture-copy P`: same bytes, new inode. `Ok(false)`
+/// when `P` does not exist.
+pub fn replace_with_copy(p: &Path) -> Result<bool, String> {
+    let data = match fs::read(p) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(format!("read {}: {e}", p.display())),
+    };
+    let tmp = sidecar(p, ".torture-copy");
+    fs::write(&tmp, &data).map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    match fs::rename(&tmp, p) {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(format!("mv {} {}: {e}", tmp.display(), p.display()))
+        }
+    }
+}
+
+type OpenFn = unsafe extern "C" fn(
+    *const std::ffi::c_char,
+    std::ffi::c_int,
+    std::ffi::c_int,
+) -> std::ffi::c_int;
+static ORIGINAL_OPEN: std::sync::OnceLock<OpenFn> = std::sync::OnceLock::new();
+/// What the next matching open replaces: 0 nothing, 1 a `-shm`, 2 a `-wal`.
+static REPLACE_NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+static REPLACED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The sidecars [`replace_after_next_open`] can replace.
+const HOOKED_SUFFIXES: [&str; 2] = ["-shm", "-wal"];
+
+unsafe extern "C" fn hook_open(
+    path: *const std::ffi::c_char,
+    flags: std::ffi::c_int,
+    mode: std::ffi::c_int,
+) -> std::ffi::c_int {
+    let Some(real) = ORIGINAL_OPEN.get() else {
+        return -1;
+    };
+    // SAFETY: SQLite's own arguments for its open() entry, passed through unchanged.
+    let fd = unsafe { real(path, flags, mode) };
+    if fd >= 0 && !path.is_null() {
+        // SAFETY: SQLite passes a NUL-terminated path.
+        let p = unsafe { std::ffi::CStr::from_ptr(path) };
+        let armed = REPLACE_NEXT.load(Ordering::SeqCst);
+        let matches = HOOKED_SUFFIXES
+            .iter()
+            .position(|s| p.to_bytes().ends_with(s.as_bytes()))
+            .is_some_and(|i| i + 1 == usize::from(armed));
+        if matches
+            && REPLACE_NEXT
+                .compare_exchange(armed, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let p = Path::new(std::ffi::OsStr::from_bytes(p.to_bytes()));
+            if matches!(replace_with_copy(p), Ok(true)) {
+                REPLACED.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+    fd
+}
+
+/// Arms a one-shot disruption: the next time SQLite's `unix` VFS (in this process)
+/// opens a file whose name ends in `suffix` (`-shm` or `-wal`), the file is replaced by
+/// a copy ([`replace_with_copy`]) right after SQLite's `open()` returns — an external
+/// `cp` + `mv` landing in the narrowest window of WAL set-up. Hooks the VFS's `open`
+/// system-call entry (once; it passes every call through). Returns how many
+/// replacements the hook has made so far.
+pub fn replace_after_next_open(suffix: &str) -> Result<u64, String> {
+    use rusqlite::ffi;
+    let Some(which) = HOOKED_SUFFIXES.iter().position(|s| *s == suffix) else {
+        return Err(format!(
+            "can replace {HOOKED_SUFFIXES:?} after open, not {suffix:?}"
+        ));
+    };
+    if ORIGINAL_OPEN.get().is_none() {
+        // SAFETY: sqlite3_vfs_find takes a NUL-terminated name; the unix VFS it returns
+        // stays registered for the life of the process.
+        let vfs = unsafe { ffi::sqlite3_vfs_find(c"unix".as_ptr()) };
+        if vfs.is_null() {
+            return Err("SQLite has no \"unix\" VFS".into());
+        }
+        // SAFETY: `vfs` is valid (above).
+        let (set, get) = unsafe { ((*vfs).xSetSystemCall, (*vfs).xGetSystemCall) };
+        let (Some(set), Some(get)) = (set, get) else {
+            return Err("the unix VFS cannot override system calls".into());
+        };
+        // SAFETY: `vfs` is the unix VFS; the name is NUL-terminated.
+        let Some(orig) = (unsafe { get(vfs, c"open".as_ptr()) }) else {
+            return Err("the unix VFS has no open() entry".into());
+        };
+        // SAFETY: os_unix.c stores its open entry as `int(*)(const char*,int,int)` and
+        // casts it back to that type at every call; so does the hook's type.
+        let orig = unsafe { std::mem::transmute::<unsafe extern "C" fn(), OpenFn>(orig) };
+        let _ = ORIGINAL_OPEN.set(orig);
+        // SAFETY: as above, the other way round.
+        let hook = unsafe { std::mem::transmute::<OpenFn, unsafe extern "C" fn()>(hook_open) };
+        // SAFETY: `vfs` is the unix VFS; SQLite copies the pointer into its table.
+        let rc = unsafe { set(vfs, c"open".as_ptr(), Some(hook)) };
+        if rc != ffi::SQLITE_OK {
+            return Err(format!("xSetSystemCall(open) failed: {rc}"));
+        }
+    }
+    REPLACE_NEXT.store(which as u8 + 1, Ordering::SeqCst);
+    Ok(REPLACED.load(Ordering::SeqCst))
+}
+
+/// How many replacements [`replace_after_next_open`] has made.
+pub fn replacements_after_open() -> u64 {
+    REPLACED.load(Ordering::SeqCst)
 }
 
 /// The lock-losing header peek: `open()`, `read()` of the first 100 bytes, `close()`.

@@ -36,6 +36,8 @@
 //! | `second-runtime` | `ok <version> <n>`: open/read/close through `libsqlite3.so.0` |
 //! | `disrupt start peek\|fchmod\|second-runtime [INTERVAL_MS]` | `ok`: run it in a background thread |
 //! | `disrupt stop` | `ok <passes> <errors> [first error]` |
+//! | `replace-after-open -shm\|-wal` | `ok <n>`: the next open of such a sidecar by the unix VFS in this process is followed at once by an external `cp` + `mv` over it ([`disrupt::replace_after_next_open`]) |
+//! | `replacements` | `ok <n>` replacements made so far by that hook |
 //! | `stats` | `ok {json}` (`walguard::stats().to_json()`) |
 //! | `shm-inode` | `ok <ino>` / `ok <ino> deleted` / `ok none`: the -shm this process maps |
 //! | `deleted-sidecars` | `ok <n> [targets joined by "\|"]`: own fds on deleted -wal/-shm |
@@ -458,6 +460,10 @@ impl Server {
                     "usage: disrupt start peek|fchmod|second-runtime [MS] | disrupt stop",
                 )),
             },
+            "replace-after-open" => disrupt::replace_after_next_open(rest)
+                .map(|n| format!("ok {n}"))
+                .map_err(|e| err_reply(-1, &e)),
+            "replacements" => Ok(format!("ok {}", disrupt::replacements_after_open())),
             "stats" => Ok(format!("ok {}", walguard::stats().to_json())),
             "shm-inode" => match disrupt::mapped_shm(&db) {
                 Ok(Some(m)) if m.deleted => Ok(format!("ok {} deleted", m.inode)),

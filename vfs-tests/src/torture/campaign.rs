@@ -552,7 +552,7 @@ pub fn run(cfg: &Config, vfs: Vfs, paths: &RunPaths, progress: Progress<'_>) -> 
             let done = match k {
                 Knob::RmShm => remove_if_present(&shm),
                 Knob::RmWal => remove_if_present(&wal),
-                _ => replace_with_copy(&shm),
+                _ => crate::disrupt::replace_with_copy(&shm),
             };
             match done {
                 Ok(true) => {
@@ -675,25 +675,5 @@ fn remove_if_present(p: &Path) -> Result<bool, String> {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(format!("rm {}: {e}", p.display())),
-    }
-}
-
-/// `cp P P.torture-copy && mv P.torture-copy P`: same bytes, new inode.
-fn replace_with_copy(p: &Path) -> Result<bool, String> {
-    let data = match std::fs::read(p) {
-        Ok(d) => d,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(format!("read {}: {e}", p.display())),
-    };
-    let mut tmp = p.as_os_str().to_owned();
-    tmp.push(".torture-copy");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, &data).map_err(|e| format!("write {}: {e}", tmp.display()))?;
-    match std::fs::rename(&tmp, p) {
-        Ok(()) => Ok(true),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(format!("mv {} {}: {e}", tmp.display(), p.display()))
-        }
     }
 }
