@@ -18,6 +18,10 @@
 //!   lock on the same byte: measured), so walguard takes them instead of the unix VFS.
 //!   The dead-man-switch byte 128 is mirrored with an OFD read lock, so nobody
 //!   re-initialises a `-shm` this process still maps.
+//! - **A live index is never re-initialised under another runtime.** Before the wrapped
+//!   VFS's first mapping, walguard takes its dead-man-switch mirror if anyone (another
+//!   SQLite runtime of this very process included) holds that byte; the unix VFS then
+//!   does not truncate a `-shm` another runtime still maps.
 //! - **The file walguard locks is the file SQLite maps.** walguard opens the `-shm`
 //!   just before the wrapped VFS does and checks afterwards that the path still names it;
 //!   a `-shm` removed or replaced in between makes the mapping retry. Otherwise a process
@@ -227,6 +231,15 @@ pub(crate) fn prepare_shm(node: &DbNode, readonly_shm: bool) -> ShmPrep {
         }
     };
     let inode = fd::fstat(fd).map(|s| inode_of(&s)).unwrap_or((0, 0));
+    // If anyone holds the dead-man switch, the index is live: take walguard's mirror now,
+    // before the wrapped VFS looks. The unix VFS's test cannot see this process's own
+    // POSIX locks, so when the only holder is another SQLite runtime of this process
+    // (which walguard does not see into), it would otherwise truncate and rebuild the
+    // `-shm` under that runtime's mapping (SIGBUS there, a reset index everywhere).
+    // An OFD probe sees every lock, this process's POSIX locks included.
+    if matches!(fd::ofd_probe(fd, Lock::Write, SHM_DMS, 1), Ok(Some(_))) {
+        let _ = fd::ofd_lock(fd, Lock::Read, SHM_DMS, 1);
+    }
     ShmPrep::Opened {
         fd,
         writable,

@@ -651,16 +651,21 @@ unsafe extern "C" fn x_shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) ->
     guard("xShmUnmap", ffi::SQLITE_IOERR_SHMMAP, || {
         // SAFETY: SQLite passes an open walguard file.
         let (inner, st) = unsafe { (inner(file), state(file)) };
-        let (Some(node), Some(shm)) = (st.db.clone(), st.shm.take()) else {
+        let Some(node) = st.db.clone() else {
             return fwd!(inner, xShmUnmap, delete);
         };
         let mut delete = delete;
+        // Refused even where walguard does not serve this handle's WAL locks (degraded):
+        // presence and the dead-man-switch probe still see the other holders.
         if delete != 0 && !g1::may_delete_shm(&node) {
             bump!(unlink_refused);
             tracing::info!(target: "walguard", path = %st.path, decision = "keep -shm",
                 "unlink of -shm refused: another holder still uses the WAL index");
             delete = 0;
         }
+        let Some(shm) = st.shm.take() else {
+            return fwd!(inner, xShmUnmap, delete);
+        };
         g1::release_all(&shm, &mut st.hold);
         let rc = fwd!(inner, xShmUnmap, delete);
         drop(shm);

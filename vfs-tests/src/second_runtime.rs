@@ -52,7 +52,8 @@ pub struct SecondRuntime {
 // SAFETY: the struct holds only function pointers into a library that is never
 // unloaded, and a String. The system libsqlite3 is built thread-safe (serialized by
 // default), and every database handle opened through these pointers is created, used
-// and closed within one call of `open_read_close`, on one thread.
+// and closed within one call of `open_read_close`, or owned by a `Held` (neither Send
+// nor Sync: its raw handle stays on the thread that opened it).
 unsafe impl Send for SecondRuntime {}
 // SAFETY: see `Send`; nothing in the struct is mutated after loading.
 unsafe impl Sync for SecondRuntime {}
@@ -163,14 +164,23 @@ impl SecondRuntime {
     /// This is exactly what an application's second SQLite copy does to a shared
     /// database: the close at the end releases this process's POSIX locks on every file
     /// the second runtime opened.
-    pub fn open_read_close(&self, db: &Path, sql: &str) -> Result<Vec<String>, String> {
+    pub fn open_read_close(&'static self, db: &Path, sql: &str) -> Result<Vec<String>, String> {
+        let held = self.open(db)?;
+        let rows = held.query(sql)?;
+        held.close()?;
+        Ok(rows)
+    }
+
+    /// Opens `db` read-write (no create) through the second runtime's default VFS and
+    /// keeps it open: an application's second SQLite copy holding a connection (and, once
+    /// it has read a WAL database, a mapping of its `-shm`).
+    pub fn open(&'static self, db: &Path) -> Result<Held, String> {
         let cpath = CString::new(db.as_os_str().as_bytes())
             .map_err(|_| format!("{}: path contains a NUL byte", db.display()))?;
-        let csql = CString::new(sql).map_err(|_| format!("SQL contains a NUL byte: {sql:?}"))?;
         let mut handle: *mut c_void = std::ptr::null_mut();
         // SAFETY: `cpath` is NUL-terminated; `handle` is a valid out-pointer; a NULL VFS
-        // name selects the second runtime's own default VFS. NOMUTEX is sound because the
-        // handle never leaves this call.
+        // name selects the second runtime's own default VFS. NOMUTEX is sound because a
+        // `Held` (which owns the handle) is neither Send nor Sync.
         let rc = unsafe {
             (self.open_v2)(
                 cpath.as_ptr(),
@@ -179,35 +189,21 @@ impl SecondRuntime {
                 std::ptr::null(),
             )
         };
-        let result = if rc != SQLITE_OK {
-            Err(format!(
+        let held = Held {
+            rt: self,
+            handle,
+            db: db.display().to_string(),
+        };
+        if rc != SQLITE_OK {
+            // `held` closes the handle sqlite3_open_v2 allocates even on failure.
+            return Err(format!(
                 "{}: second runtime ({LIBRARY} {}) open failed with code {rc}: {}",
-                db.display(),
+                held.db,
                 self.version,
                 self.errmsg_of(handle)
-            ))
-        } else {
-            self.exec_collect(handle, &csql).map_err(|e| {
-                format!(
-                    "{}: second runtime ({LIBRARY} {}) query failed: {e}",
-                    db.display(),
-                    self.version
-                )
-            })
-        };
-        if !handle.is_null() {
-            // SAFETY: `handle` came from sqlite3_open_v2 of this library (it allocates a
-            // handle even when the open fails, which must still be closed); no statement
-            // is left unfinalized because sqlite3_exec finalizes its own.
-            let rc = unsafe { (self.close)(handle) };
-            if rc != SQLITE_OK && result.is_ok() {
-                return Err(format!(
-                    "{}: second runtime close failed with code {rc}",
-                    db.display()
-                ));
-            }
+            ));
         }
-        result
+        Ok(held)
     }
 
     fn errmsg_of(&self, handle: *mut c_void) -> String {
@@ -294,6 +290,55 @@ impl SecondRuntime {
             m
         };
         Err(format!("code {rc}: {msg}"))
+    }
+}
+
+/// A connection of the second runtime, closed on drop (or by [`Held::close`]).
+pub struct Held {
+    rt: &'static SecondRuntime,
+    handle: *mut c_void,
+    db: String,
+}
+
+impl Held {
+    /// Runs `sql` and returns every result row (columns joined by `|`).
+    pub fn query(&self, sql: &str) -> Result<Vec<String>, String> {
+        let csql = CString::new(sql).map_err(|_| format!("SQL contains a NUL byte: {sql:?}"))?;
+        self.rt.exec_collect(self.handle, &csql).map_err(|e| {
+            format!(
+                "{}: second runtime ({LIBRARY} {}) query failed: {e}",
+                self.db, self.rt.version
+            )
+        })
+    }
+
+    /// Closes the connection: this process's POSIX locks on every file it opened go.
+    pub fn close(mut self) -> Result<(), String> {
+        self.close_handle()
+    }
+
+    fn close_handle(&mut self) -> Result<(), String> {
+        let handle = std::mem::replace(&mut self.handle, std::ptr::null_mut());
+        if handle.is_null() {
+            return Ok(());
+        }
+        // SAFETY: `handle` came from sqlite3_open_v2 of this library and is closed once
+        // (it is nulled above); sqlite3_exec finalizes its own statements.
+        let rc = unsafe { (self.rt.close)(handle) };
+        if rc == SQLITE_OK {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}: second runtime close failed with code {rc}",
+                self.db
+            ))
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.close_handle();
     }
 }
 
