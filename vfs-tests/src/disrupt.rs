@@ -121,39 +121,21 @@ unsafe extern "C" fn hook_open(
 /// system-call entry (once; it passes every call through). Returns how many
 /// replacements the hook has made so far.
 pub fn replace_after_next_open(suffix: &str) -> Result<u64, String> {
-    use rusqlite::ffi;
     let Some(which) = HOOKED_SUFFIXES.iter().position(|s| *s == suffix) else {
         return Err(format!(
             "can replace {HOOKED_SUFFIXES:?} after open, not {suffix:?}"
         ));
     };
     if ORIGINAL_OPEN.get().is_none() {
-        // SAFETY: sqlite3_vfs_find takes a NUL-terminated name; the unix VFS it returns
-        // stays registered for the life of the process.
-        let vfs = unsafe { ffi::sqlite3_vfs_find(c"unix".as_ptr()) };
-        if vfs.is_null() {
-            return Err("SQLite has no \"unix\" VFS".into());
-        }
-        // SAFETY: `vfs` is valid (above).
-        let (set, get) = unsafe { ((*vfs).xSetSystemCall, (*vfs).xGetSystemCall) };
-        let (Some(set), Some(get)) = (set, get) else {
-            return Err("the unix VFS cannot override system calls".into());
-        };
-        // SAFETY: `vfs` is the unix VFS; the name is NUL-terminated.
-        let Some(orig) = (unsafe { get(vfs, c"open".as_ptr()) }) else {
-            return Err("the unix VFS has no open() entry".into());
-        };
+        let orig = crate::faults::unix_syscall(c"open")?;
         // SAFETY: os_unix.c stores its open entry as `int(*)(const char*,int,int)` and
         // casts it back to that type at every call; so does the hook's type.
         let orig = unsafe { std::mem::transmute::<unsafe extern "C" fn(), OpenFn>(orig) };
         let _ = ORIGINAL_OPEN.set(orig);
         // SAFETY: as above, the other way round.
         let hook = unsafe { std::mem::transmute::<OpenFn, unsafe extern "C" fn()>(hook_open) };
-        // SAFETY: `vfs` is the unix VFS; SQLite copies the pointer into its table.
-        let rc = unsafe { set(vfs, c"open".as_ptr(), Some(hook)) };
-        if rc != ffi::SQLITE_OK {
-            return Err(format!("xSetSystemCall(open) failed: {rc}"));
-        }
+        // SAFETY: `hook` has the open entry's real type and lives forever.
+        unsafe { crate::faults::set_unix_syscall(c"open", hook)? };
     }
     REPLACE_NEXT.store(which as u8 + 1, Ordering::SeqCst);
     Ok(REPLACED.load(Ordering::SeqCst))

@@ -484,36 +484,11 @@ fn install_once() -> Result<(), String> {
     if !cfg!(target_os = "linux") {
         return Err("fault injection matches files through /proc/self/fd: Linux only".into());
     }
-    // SAFETY: sqlite3_vfs_find takes a NUL-terminated name and initialises SQLite if
-    // needed; it returns a pointer to a registered VFS (valid for the process's life:
-    // the unix VFS is never unregistered) or null.
-    let vfs = unsafe { ffi::sqlite3_vfs_find(c"unix".as_ptr()) };
-    if vfs.is_null() {
-        return Err("SQLite has no \"unix\" VFS".into());
-    }
-    // SAFETY: `vfs` is a valid VFS (above); reading its fields is sound.
-    let (version, set, get) = unsafe {
-        (
-            (*vfs).iVersion,
-            (*vfs).xSetSystemCall,
-            (*vfs).xGetSystemCall,
-        )
-    };
-    let (Some(set), Some(get)) = (set, get) else {
-        return Err(format!(
-            "the unix VFS (version {version}) cannot override system calls"
-        ));
-    };
-    let get_orig = |name: &CStr| -> Result<unsafe extern "C" fn(), String> {
-        // SAFETY: `vfs` is the unix VFS and `name` is NUL-terminated.
-        unsafe { get(vfs, name.as_ptr()) }
-            .ok_or_else(|| format!("the unix VFS has no {name:?} system call in this build"))
-    };
     let (pread, pwrite, fstat, ftruncate) = (
-        get_orig(c"pread")?,
-        get_orig(c"pwrite")?,
-        get_orig(c"fstat")?,
-        get_orig(c"ftruncate")?,
+        unix_syscall(c"pread")?,
+        unix_syscall(c"pwrite")?,
+        unix_syscall(c"fstat")?,
+        unix_syscall(c"ftruncate")?,
     );
     // SAFETY: SQLite stores each entry as `sqlite3_syscall_ptr` and casts it back to
     // its real type at every call (os_unix.c: `ssize_t(*)(int,void*,size_t,off_t)` for
@@ -555,14 +530,71 @@ fn install_once() -> Result<(), String> {
         ]
     };
     for (name, hook) in hooks {
-        // SAFETY: `vfs` is the unix VFS, `name` NUL-terminated, `hook` has the entry's
-        // real type (above) and lives for the whole program.
-        let rc = unsafe { set(vfs, name.as_ptr(), Some(hook)) };
-        if rc != ffi::SQLITE_OK {
-            return Err(format!("xSetSystemCall({name:?}) failed with {rc}"));
-        }
+        // SAFETY: `hook` has the entry's real type (above) and lives for the program.
+        unsafe { set_unix_syscall(name, hook)? };
     }
     Ok(())
+}
+
+type GetSyscall = unsafe extern "C" fn(
+    *mut ffi::sqlite3_vfs,
+    *const std::ffi::c_char,
+) -> ffi::sqlite3_syscall_ptr;
+type SetSyscall = unsafe extern "C" fn(
+    *mut ffi::sqlite3_vfs,
+    *const std::ffi::c_char,
+    ffi::sqlite3_syscall_ptr,
+) -> c_int;
+
+/// SQLite's `unix` VFS and its system-call accessors.
+fn unix_vfs() -> Result<(*mut ffi::sqlite3_vfs, SetSyscall, GetSyscall), String> {
+    // SAFETY: sqlite3_vfs_find takes a NUL-terminated name and initialises SQLite if
+    // needed; it returns a pointer to a registered VFS (valid for the process's life:
+    // the unix VFS is never unregistered) or null.
+    let vfs = unsafe { ffi::sqlite3_vfs_find(c"unix".as_ptr()) };
+    if vfs.is_null() {
+        return Err("SQLite has no \"unix\" VFS".into());
+    }
+    // SAFETY: `vfs` is a valid VFS (above); reading its fields is sound.
+    let (version, set, get) = unsafe {
+        (
+            (*vfs).iVersion,
+            (*vfs).xSetSystemCall,
+            (*vfs).xGetSystemCall,
+        )
+    };
+    match (set, get) {
+        (Some(set), Some(get)) => Ok((vfs, set, get)),
+        _ => Err(format!(
+            "the unix VFS (version {version}) cannot override system calls"
+        )),
+    }
+}
+
+/// The `unix` VFS's current entry for the system call `name` (`xGetSystemCall`): the
+/// original, or whatever hook was installed last.
+pub fn unix_syscall(name: &CStr) -> Result<unsafe extern "C" fn(), String> {
+    let (vfs, _, get) = unix_vfs()?;
+    // SAFETY: `vfs` is the unix VFS and `name` is NUL-terminated.
+    unsafe { get(vfs, name.as_ptr()) }
+        .ok_or_else(|| format!("the unix VFS has no {name:?} system call in this build"))
+}
+
+/// Replaces the `unix` VFS's entry for the system call `name` (`xSetSystemCall`); it
+/// acts on every `unix*` VFS of this SQLite, and so beneath walguard too.
+///
+/// # Safety
+/// `hook` has the real C type SQLite casts that entry back to (os_unix.c), and lives
+/// for the rest of the program.
+pub unsafe fn set_unix_syscall(name: &CStr, hook: unsafe extern "C" fn()) -> Result<(), String> {
+    let (vfs, set, _) = unix_vfs()?;
+    // SAFETY: `vfs` is the unix VFS, `name` NUL-terminated, `hook` per the contract.
+    let rc = unsafe { set(vfs, name.as_ptr(), Some(hook)) };
+    if rc == ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(format!("xSetSystemCall({name:?}) failed with {rc}"))
+    }
 }
 
 // ---------------------------------------------------------------------------------

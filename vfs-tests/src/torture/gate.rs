@@ -15,8 +15,6 @@ use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use rusqlite::ffi;
-
 use crate::faults::{self, Kind};
 
 type PreadFn = unsafe extern "C" fn(c_int, *mut c_void, libc::size_t, libc::off_t) -> libc::ssize_t;
@@ -86,20 +84,7 @@ pub fn install() -> Result<(), String> {
 
 fn install_once() -> Result<(), String> {
     faults::install()?;
-    // SAFETY: sqlite3_vfs_find takes a NUL-terminated name; the unix VFS is registered
-    // for the life of the process.
-    let vfs = unsafe { ffi::sqlite3_vfs_find(c"unix".as_ptr()) };
-    if vfs.is_null() {
-        return Err("SQLite has no \"unix\" VFS".into());
-    }
-    // SAFETY: `vfs` is a valid VFS; reading its fields is sound.
-    let (set, get) = unsafe { ((*vfs).xSetSystemCall, (*vfs).xGetSystemCall) };
-    let (Some(set), Some(get)) = (set, get) else {
-        return Err("the unix VFS cannot override system calls".into());
-    };
-    // SAFETY: `vfs` is the unix VFS and the name is NUL-terminated.
-    let current = unsafe { get(vfs, c"pread".as_ptr()) }
-        .ok_or("the unix VFS has no pread entry in this build")?;
+    let current = faults::unix_syscall(c"pread")?;
     // SAFETY: SQLite stores the entry as `sqlite3_syscall_ptr` and casts it back to
     // `ssize_t(*)(int,void*,size_t,off_t)` at every call; the current entry is the fault
     // layer's hook (installed just above), whose real type is exactly `PreadFn`.
@@ -110,10 +95,6 @@ fn install_once() -> Result<(), String> {
     // SAFETY: as above, the other way round: SQLite casts the pointer back to the
     // entry's real type, which is `gate_pread`'s type; the function lives forever.
     let hook = unsafe { std::mem::transmute::<PreadFn, unsafe extern "C" fn()>(gate_pread) };
-    // SAFETY: `vfs` is the unix VFS, the name NUL-terminated, `hook` of the right type.
-    let rc = unsafe { set(vfs, c"pread".as_ptr(), Some(hook)) };
-    if rc != ffi::SQLITE_OK {
-        return Err(format!("xSetSystemCall(\"pread\") failed with {rc}"));
-    }
-    Ok(())
+    // SAFETY: `hook` has the pread entry's real type and lives forever (above).
+    unsafe { faults::set_unix_syscall(c"pread", hook) }
 }
