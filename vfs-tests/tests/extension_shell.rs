@@ -3,7 +3,8 @@
 //! The shell opens its first database lazily; `.load` opens `:memory:` to load on, and
 //! the following `.open app.db` then goes through the default VFS — walguard.
 
-use std::fs;
+mod common;
+
 use std::path::Path;
 
 use tempfile::TempDir;
@@ -33,20 +34,6 @@ fn stats_line(out: &RunOutput) -> std::collections::BTreeMap<String, u64> {
         Ok(m) => m,
         Err(e) => panic!("walguard_stats() returned bad JSON ({e}):\n{out}"),
     }
-}
-
-fn list_dir(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .expect("read dir")
-        .map(|e| {
-            e.expect("dir entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]
@@ -115,7 +102,7 @@ fn wal_write_and_read_back_in_one_and_in_a_second_shell() {
         s.get("shm_mapped").is_some_and(|&n| n >= 1),
         "{s:?}\n{first}"
     );
-    let after_first = list_dir(dir.path());
+    let after_first = common::list_dir(dir.path());
     assert!(
         !after_first
             .iter()

@@ -16,6 +16,8 @@
 //! (walguard registered with `walguard::register`, the connection opened through the
 //! VFS by name); its line protocol is documented in `vfs-tests/src/worker.rs`.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::path::Path;
@@ -286,16 +288,7 @@ fn three_loaders_share_one_wal_database() {
         l.quit();
     }
 
-    let mut files: Vec<String> = std::fs::read_dir(dir.path())
-        .expect("read dir")
-        .map(|e| {
-            e.expect("dir entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    files.sort();
+    let files = common::list_dir(dir.path());
 
     // Check the content with a plain connection of this (walguard-free) process.
     let conn = rusqlite::Connection::open(&db).expect("open app.db");

@@ -58,6 +58,21 @@ pub fn snapshot(dir: &Path) -> Snapshot {
     out
 }
 
+/// The names in `dir` (not recursively), sorted.
+pub fn list_dir(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
+        .map(|e| {
+            e.unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// Makes `dir` traversable and listable by other users (tempdirs are 0700).
 pub fn open_up(dir: &Path) {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
