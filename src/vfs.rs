@@ -226,6 +226,20 @@ macro_rules! wfwd {
 /// open fails (SQLITE_CANTOPEN): each replacement is an outside `rm`/`mv` racing SQLite.
 const WAL_OPEN_ATTEMPTS: usize = 3;
 
+/// Closes a wrapped file if the wrapped VFS left it open (methods set), once.
+///
+/// # Safety
+/// `inner` is the wrapped part of a walguard file allocation.
+unsafe fn close_wrapped(inner: *mut ffi::sqlite3_file) {
+    // SAFETY: per the contract; a set pMethods means the wrapped VFS expects xClose.
+    unsafe {
+        if let Some(close) = (*inner).pMethods.as_ref().and_then(|m| m.xClose) {
+            close(inner);
+        }
+        (*inner).pMethods = std::ptr::null();
+    }
+}
+
 unsafe extern "C" fn x_open(
     vfs: *mut ffi::sqlite3_vfs,
     name: *const c_char,
@@ -249,7 +263,7 @@ unsafe extern "C" fn x_open(
         let wal_path = (flags & ffi::SQLITE_OPEN_WAL != 0 && !name.is_null())
             // SAFETY: SQLite file names are NUL-terminated.
             .then(|| unsafe { CStr::from_ptr(name) });
-        for _ in 0..WAL_OPEN_ATTEMPTS {
+        for attempt in 1..=WAL_OPEN_ATTEMPTS {
             let before =
                 wal_path.map(|p| g4::identify_before_open(p, flags & ffi::SQLITE_OPEN_CREATE != 0));
             rc = wfwd!(
@@ -271,24 +285,26 @@ unsafe extern "C" fn x_open(
                 break;
             }
             bump!(sidecar_replaced);
-            tracing::info!(target: "walguard", path = %path.to_string_lossy(), decision = "reopen",
+            let shown = path.to_string_lossy();
+            tracing::info!(target: "walguard", path = %shown, decision = "reopen",
                 "the -wal was removed or replaced while it was being opened; opening again");
-            // SAFETY: the wrapped open succeeded, so its methods are set; close once.
-            unsafe {
-                if let Some(close) = (*inner).pMethods.as_ref().and_then(|m| m.xClose) {
-                    close(inner);
-                }
-                (*inner).pMethods = std::ptr::null();
-            }
+            // SAFETY: the wrapped open succeeded, so its methods are set.
+            unsafe { close_wrapped(inner) };
             rc = ffi::SQLITE_CANTOPEN;
+            if attempt == WAL_OPEN_ATTEMPTS {
+                let msg = format!(
+                    "walguard: {shown} was removed or replaced each of the {WAL_OPEN_ATTEMPTS} \
+                     times SQLite opened it (something outside SQLite keeps replacing it); \
+                     the open fails rather than let G4 watch the wrong file. Stop whatever \
+                     rewrites {shown} and retry."
+                );
+                tracing::error!(target: "walguard", path = %shown, "{msg}");
+                api::sqlite_log(ffi::SQLITE_CANTOPEN, &msg);
+            }
         }
         if rc != ffi::SQLITE_OK {
             // SAFETY: if the wrapped open left methods set, it expects xClose.
-            unsafe {
-                if let Some(close) = (*inner).pMethods.as_ref().and_then(|m| m.xClose) {
-                    close(inner);
-                }
-            }
+            unsafe { close_wrapped(inner) };
             bump!(open_errors);
             let path = if name.is_null() {
                 String::from("(temporary file)")
