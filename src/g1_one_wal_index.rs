@@ -186,6 +186,8 @@ pub(crate) enum ShmPrep {
         fd: RawFd,
         writable: bool,
         inode: Inode,
+        /// The dead-man-switch mirror is already held (someone else held the byte).
+        dms_held: bool,
     },
     /// No OFD locks here, or the `-shm` cannot be opened (logged): WAL locks stay with
     /// the wrapped VFS.
@@ -237,13 +239,13 @@ pub(crate) fn prepare_shm(node: &DbNode, readonly_shm: bool) -> ShmPrep {
     // (which walguard does not see into), it would otherwise truncate and rebuild the
     // `-shm` under that runtime's mapping (SIGBUS there, a reset index everywhere).
     // An OFD probe sees every lock, this process's POSIX locks included.
-    if matches!(fd::ofd_probe(fd, Lock::Write, SHM_DMS, 1), Ok(Some(_))) {
-        let _ = fd::ofd_lock(fd, Lock::Read, SHM_DMS, 1);
-    }
+    let dms_held = matches!(fd::ofd_probe(fd, Lock::Write, SHM_DMS, 1), Ok(Some(_)))
+        && matches!(fd::ofd_lock(fd, Lock::Read, SHM_DMS, 1), Ok(true));
     ShmPrep::Opened {
         fd,
         writable,
         inode,
+        dms_held,
     }
 }
 
@@ -267,7 +269,7 @@ pub(crate) fn attach_shm(node: &DbNode, prep: ShmPrep) -> Result<Option<Arc<ShmN
         st.shm_handles += 1;
         return Ok(Some(shm));
     }
-    let (fd, writable, inode) = match prep {
+    let (fd, writable, inode, dms_held) = match prep {
         ShmPrep::Unguarded => return Ok(None),
         // The node went away since `prepare_shm` (its last handle unmapped): the wrapped
         // VFS may have opened the `-shm` anew; start over.
@@ -276,7 +278,8 @@ pub(crate) fn attach_shm(node: &DbNode, prep: ShmPrep) -> Result<Option<Arc<ShmN
             fd,
             writable,
             inode,
-        } => (fd, writable, inode),
+            dms_held,
+        } => (fd, writable, inode, dms_held),
     };
     let Some(cpath) = shm_cpath(node) else {
         abandon_shm(prep);
@@ -296,8 +299,10 @@ pub(crate) fn attach_shm(node: &DbNode, prep: ShmPrep) -> Result<Option<Arc<ShmN
         tracing::warn!(target: "walguard", path = %node.path,
             "the -shm is read-only here; WAL locks are left to the wrapped VFS, unguarded");
     }
-    if let Err(e) = fd::ofd_lock(fd, Lock::Read, SHM_DMS, 1) {
-        tracing::warn!(target: "walguard", path = %node.path, error = %e, "cannot mirror the -shm dead-man switch");
+    if !dms_held {
+        if let Err(e) = fd::ofd_lock(fd, Lock::Read, SHM_DMS, 1) {
+            tracing::warn!(target: "walguard", path = %node.path, error = %e, "cannot mirror the -shm dead-man switch");
+        }
     }
     let dir = node
         .path
