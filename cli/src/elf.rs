@@ -72,14 +72,6 @@ impl Layout {
             u64::from_le_bytes(s)
         })
     }
-    /// A word: 8 bytes in ELF64, 4 in ELF32.
-    fn word(self, b: &[u8], at: usize) -> Option<u64> {
-        if self.is64 {
-            self.u64(b, at)
-        } else {
-            self.u32(b, at).map(u64::from)
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -134,13 +134,6 @@ pub fn parse_fdinfo(text: &str) -> Vec<KernelLock> {
         .collect()
 }
 
-/// Who defines a lock byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Owner {
-    Sqlite,
-    Walguard,
-}
-
 /// One named lock range of one of the database's files.
 #[derive(Debug, Clone, Copy)]
 pub struct LockByte {
@@ -148,7 +141,6 @@ pub struct LockByte {
     pub start: u64,
     pub len: u64,
     pub name: &'static str,
-    pub owner: Owner,
     /// What a read (shared) lock on it means.
     pub read: &'static str,
     /// What a write (exclusive) lock on it means.
@@ -171,7 +163,6 @@ pub const TABLE: &[LockByte] = &[
         start: PENDING,
         len: 1,
         name: "PENDING",
-        owner: Owner::Sqlite,
         read: "taking SHARED (held for an instant)",
         write: "PENDING: a writer waits for readers to leave so it can take EXCLUSIVE",
     },
@@ -180,7 +171,6 @@ pub const TABLE: &[LockByte] = &[
         start: PENDING + 1,
         len: 1,
         name: "RESERVED",
-        owner: Owner::Sqlite,
         read: "RESERVED byte read-locked (not done by SQLite)",
         write: "RESERVED: a rollback-mode write transaction is open",
     },
@@ -189,7 +179,6 @@ pub const TABLE: &[LockByte] = &[
         start: PENDING + 2,
         len: 510,
         name: "SHARED",
-        owner: Owner::Sqlite,
         read: "SHARED: a connection is open on it (WAL mode) or reading (rollback mode)",
         write: "EXCLUSIVE: writing the database file (rollback commit, last-close checkpoint, or locking_mode=EXCLUSIVE)",
     },
@@ -198,7 +187,6 @@ pub const TABLE: &[LockByte] = &[
         start: 120,
         len: 1,
         name: "WAL WRITE",
-        owner: Owner::Sqlite,
         read: "WAL WRITE byte read-locked (not done by SQLite)",
         write: "WAL WRITE: a write transaction is open",
     },
@@ -207,7 +195,6 @@ pub const TABLE: &[LockByte] = &[
         start: 121,
         len: 1,
         name: "WAL CKPT",
-        owner: Owner::Sqlite,
         read: "WAL CKPT byte read-locked (not done by SQLite)",
         write: "WAL CKPT: a checkpoint is running",
     },
@@ -216,7 +203,6 @@ pub const TABLE: &[LockByte] = &[
         start: 122,
         len: 1,
         name: "WAL RECOVER",
-        owner: Owner::Sqlite,
         read: "WAL RECOVER byte read-locked (not done by SQLite)",
         write: "WAL RECOVER: the wal-index is being rebuilt from the -wal",
     },
@@ -225,7 +211,6 @@ pub const TABLE: &[LockByte] = &[
         start: 123,
         len: 1,
         name: "READ-0",
-        owner: Owner::Sqlite,
         read: "READ-0: a reader reads the database file only (WAL fully checkpointed)",
         write: "READ-0 exclusive: recovery or a WAL restart",
     },
@@ -234,7 +219,6 @@ pub const TABLE: &[LockByte] = &[
         start: 124,
         len: 1,
         name: "READ-1",
-        owner: Owner::Sqlite,
         read: "READ-1: a read transaction uses read mark 1",
         write: "READ-1 exclusive: setting read mark 1, or a checkpoint waiting for readers",
     },
@@ -243,7 +227,6 @@ pub const TABLE: &[LockByte] = &[
         start: 125,
         len: 1,
         name: "READ-2",
-        owner: Owner::Sqlite,
         read: "READ-2: a read transaction uses read mark 2",
         write: "READ-2 exclusive: setting read mark 2, or a checkpoint waiting for readers",
     },
@@ -252,7 +235,6 @@ pub const TABLE: &[LockByte] = &[
         start: 126,
         len: 1,
         name: "READ-3",
-        owner: Owner::Sqlite,
         read: "READ-3: a read transaction uses read mark 3",
         write: "READ-3 exclusive: setting read mark 3, or a checkpoint waiting for readers",
     },
@@ -261,7 +243,6 @@ pub const TABLE: &[LockByte] = &[
         start: 127,
         len: 1,
         name: "READ-4",
-        owner: Owner::Sqlite,
         read: "READ-4: a read transaction uses read mark 4",
         write: "READ-4 exclusive: setting read mark 4, or a checkpoint waiting for readers",
     },
@@ -270,7 +251,6 @@ pub const TABLE: &[LockByte] = &[
         start: 128,
         len: 1,
         name: "DMS",
-        owner: Owner::Sqlite,
         read: "dead-man switch: this process maps the -shm",
         write: "dead-man switch exclusive: the first process is initialising the -shm",
     },
@@ -279,7 +259,6 @@ pub const TABLE: &[LockByte] = &[
         start: 0,
         len: 1,
         name: "walguard presence",
-        owner: Owner::Walguard,
         read: "walguard presence: a walguard instance uses the WAL index (G1)",
         write: "walguard presence probed exclusively (transient)",
     },
@@ -288,7 +267,6 @@ pub const TABLE: &[LockByte] = &[
         start: 1,
         len: 1,
         name: "walguard life-cycle",
-        owner: Owner::Walguard,
         read: "walguard life-cycle byte read-locked (not done by walguard)",
         write: "walguard life-cycle: WAL set-up or tear-down in progress (G2)",
     },
@@ -297,7 +275,6 @@ pub const TABLE: &[LockByte] = &[
         start: 120,
         len: 1,
         name: "walguard WRITE mirror",
-        owner: Owner::Walguard,
         read: "walguard WRITE mirror read-locked (not done by walguard)",
         write: "walguard mirror of WAL WRITE: a walguard writer holds the write lock",
     },
@@ -306,7 +283,6 @@ pub const TABLE: &[LockByte] = &[
         start: 121,
         len: 1,
         name: "walguard CKPT mirror",
-        owner: Owner::Walguard,
         read: "walguard CKPT mirror read-locked (not done by walguard)",
         write: "walguard mirror of WAL CKPT: a walguard checkpoint is running",
     },

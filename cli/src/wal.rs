@@ -175,9 +175,12 @@ pub struct WalScan {
     pub commits: Vec<Commit>,
     /// The first frame that is not valid, and why.
     pub first_invalid: Option<(u32, FrameProblem)>,
+    /// The first invalid frame's header claims a commit (non-zero database size).
+    pub first_invalid_claims_commit: bool,
     /// Frames after the first invalid one that still carry this WAL's salts (content
-    /// SQLite will never read).
+    /// SQLite will never read), and how many of them claim a commit.
     pub later_frames_with_salts: u32,
+    pub later_commits_with_salts: u32,
 }
 
 impl WalScan {
@@ -250,9 +253,11 @@ pub fn scan<R: Read>(mut r: R, file_size: u64) -> io::Result<WalScan> {
         if out.first_invalid.is_some() {
             if salt == h.salt {
                 out.later_frames_with_salts += 1;
+                out.later_commits_with_salts += u32::from(db_size != 0);
             }
             continue;
         }
+        out.first_invalid_claims_commit = db_size != 0;
         if salt != h.salt {
             out.first_invalid = Some((frame, FrameProblem::SaltMismatch { salt }));
             continue;
@@ -426,6 +431,8 @@ mod tests {
             Some((3, FrameProblem::Checksum { .. }))
         ));
         assert_eq!(s.later_frames_with_salts, 1);
+        assert_eq!(s.later_commits_with_salts, 1);
+        assert!(!s.first_invalid_claims_commit);
     }
 
     #[test]
