@@ -497,7 +497,7 @@ pub fn json(ins: &Inspection, v: &Verdict) -> J {
                         o.push((
                             "device".into(),
                             J::str(format!(
-                                "{:x}:{:x}",
+                                "{:02x}:{:02x}",
                                 sys::dev_major(m.dev),
                                 sys::dev_minor(m.dev)
                             )),

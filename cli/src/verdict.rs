@@ -94,12 +94,17 @@ impl Out {
 
 /// `4711 (gateway --port 80)`: pid and a short command line.
 pub fn who(p: &Proc) -> String {
-    let cmd = if p.cmdline.is_empty() {
-        p.comm.clone()
-    } else {
-        p.cmdline.clone()
-    };
-    format!("process {} ({})", p.pid, shorten(&cmd, 60))
+    format!("process {} ({})", p.pid, short_command(&p.comm, &p.cmdline))
+}
+
+/// The command line with the program's directory left out, at most 80 characters.
+pub fn short_command(comm: &str, cmdline: &str) -> String {
+    let (prog, rest) = cmdline.split_once(' ').unwrap_or((cmdline, ""));
+    if prog.is_empty() {
+        return comm.to_owned();
+    }
+    let base = prog.rsplit('/').next().unwrap_or(prog);
+    shorten(format!("{base} {rest}").trim_end(), 80)
 }
 
 pub fn shorten(s: &str, n: usize) -> String {
@@ -140,7 +145,14 @@ pub fn judge(ins: &Inspection) -> Verdict {
     holder_findings(ins, wal_mode, &mut out);
     checkpoint_plan(ins, live, &mut checkpoint);
 
-    out.findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    // Worst first; within a severity, a split first (it is what to act on before
+    // anything else), then in the order found.
+    out.findings.sort_by_key(|f| {
+        (
+            std::cmp::Reverse(f.severity),
+            u8::from(f.code != "deleted-sidecar"),
+        )
+    });
     let worst = out.findings.iter().map(|f| f.severity).max();
     let exit = match worst {
         Some(Severity::Damage) => 2,
@@ -815,13 +827,18 @@ fn file_findings(ins: &Inspection, wal_mode: bool, out: &mut Out) {
 fn holder_findings(ins: &Inspection, wal_mode: bool, out: &mut Out) {
     let procs = &ins.holders.procs;
     // ---- split: descriptors or mappings of deleted/replaced files -------------------
-    let current_shm_users: Vec<i32> = procs
-        .iter()
-        .filter(|p| p.fds.iter().any(|f| f.role == Role::Shm && f.current))
-        .map(|p| p.pid)
-        .collect();
+    // Processes on the current file of a role (the other side of a split).
+    let users_of = |role: Role, except: i32| -> Vec<i32> {
+        procs
+            .iter()
+            .filter(|q| q.pid != except && q.fds.iter().any(|f| f.role == role && f.current))
+            .map(|q| q.pid)
+            .collect()
+    };
     for p in procs {
         let mut stale: Vec<String> = Vec::new();
+        let mut saves: Vec<String> = Vec::new();
+        let mut sides: Vec<String> = Vec::new();
         let mut worst = Severity::Note;
         for f in p.fds.iter().filter(|f| f.stale()) {
             let how = if f.deleted {
@@ -841,6 +858,29 @@ fn holder_findings(ins: &Inspection, wal_mode: bool, out: &mut Out) {
                 f.fd,
                 f.ino
             ));
+            if sev == Severity::Damage {
+                saves.push(format!(
+                    "cp /proc/{}/fd/{} {}{}.saved-{}",
+                    p.pid,
+                    f.fd,
+                    ins.db.display(),
+                    f.role.suffix(),
+                    p.pid
+                ));
+                let others = users_of(f.role, p.pid);
+                if !others.is_empty() {
+                    sides.push(format!(
+                        "{} {} the current {}",
+                        if others.len() == 1 {
+                            "process"
+                        } else {
+                            "processes"
+                        },
+                        pid_list(&others) + if others.len() == 1 { " uses" } else { " use" },
+                        f.role.label()
+                    ));
+                }
+            }
         }
         for m in p.maps.iter().filter(|m| !m.current && m.role == Role::Shm) {
             if !p.fds.iter().any(|f| f.ino == m.ino && f.stale()) {
@@ -853,18 +893,15 @@ fn holder_findings(ins: &Inspection, wal_mode: bool, out: &mut Out) {
         }
         match worst {
             Severity::Damage => {
-                let others: Vec<i32> = current_shm_users
-                    .iter()
-                    .copied()
-                    .filter(|&q| q != p.pid)
-                    .collect();
-                let live = if others.is_empty() {
+                let live = if sides.is_empty() {
                     String::new()
                 } else {
-                    format!(
-                        ", while {} use the current -shm: two WAL indexes are live (a split)",
-                        pid_list(&others)
-                    )
+                    format!(", while {}: the split is live", sides.join(" and "))
+                };
+                let save = if saves.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (save what only it still has first: {})", saves.join("; "))
                 };
                 out.add(
                     Severity::Damage,
@@ -876,9 +913,11 @@ fn holder_findings(ins: &Inspection, wal_mode: bool, out: &mut Out) {
                         who(p),
                         stale.join(", ")
                     ),
-                    "restart it before anything else writes (stop it first if it writes); then \
-                     run PRAGMA integrity_check; commits it made after the split may be lost \
-                     when the other side checkpoints",
+                    &format!(
+                        "restart it before anything else writes{save}; then run PRAGMA \
+                         integrity_check; commits made on either side after the split may be \
+                         lost when the other side checkpoints"
+                    ),
                 );
             }
             Severity::Warning => out.add(
@@ -944,17 +983,17 @@ fn holder_findings(ins: &Inspection, wal_mode: bool, out: &mut Out) {
         }
         let mut missing = Vec::new();
         if !db {
-            missing.push("SHARED on the database");
+            missing.push("SHARED lock on the database");
         }
         if !dms {
-            missing.push("the -shm dead-man switch (byte 128)");
+            missing.push("lock on the -shm dead-man switch (byte 128)");
         }
         out.add(
             Severity::Warning,
             "lost-locks",
             vec![p.pid],
             format!(
-                "{} maps the -shm but holds no lock on {}: its POSIX locks were dropped by a \
+                "{} maps the -shm but holds no {}: its POSIX locks were dropped by a \
                  close() of another descriptor of the file in that process (a header peek, a \
                  second SQLite library, a chmod or backup helper); another process may now \
                  believe it is the last one and delete the -wal and -shm under it",
