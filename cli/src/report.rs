@@ -7,7 +7,7 @@ use crate::json::J;
 use crate::locks::Kind;
 use crate::shm::READMARK_NOT_USED;
 use crate::sys;
-use crate::verdict::{self, shorten, Verdict};
+use crate::verdict::{self, plural, shorten, Verdict};
 use std::fmt::Write;
 
 fn user(uid: u32) -> String {
@@ -21,11 +21,14 @@ fn group(gid: u32) -> String {
 /// The text report. The first line carries the time; `--watch` compares the rest.
 pub fn text(ins: &Inspection, v: &Verdict) -> String {
     let mut s = String::new();
+    // The first line changes on every run (time, processes on the machine); `--watch`
+    // compares the rest.
     let _ = writeln!(
         s,
-        "walguard doctor {} — {}",
+        "walguard doctor {} — {} ({} processes looked at)",
         ins.db.display(),
-        sys::utc(ins.time)
+        sys::utc(ins.time),
+        ins.holders.total
     );
     let _ = writeln!(
         s,
@@ -174,10 +177,10 @@ pub fn text(ins: &Inspection, v: &Verdict) -> String {
                 let last = w.last_commit();
                 let _ = writeln!(
                     s,
-                    "  {} frames in the file; {} valid; {} commits; last valid commit: {}",
-                    w.frames_in_file,
+                    "  {} in the file, {} valid, {}; last valid commit: {}",
+                    plural(w.frames_in_file, "frame"),
                     w.valid_frames,
-                    w.commits.len(),
+                    plural(w.commits.len() as u64, "commit"),
                     last.map_or("none".to_owned(), |c| format!(
                         "frame {} (database {} pages)",
                         c.frame, c.db_pages
@@ -289,13 +292,15 @@ pub fn text(ins: &Inspection, v: &Verdict) -> String {
     let procs = &ins.holders.procs;
     let _ = writeln!(
         s,
-        "processes holding these files: {} (of {} looked at{})",
+        "processes holding these files: {}{}",
         procs.len(),
-        ins.holders.total,
         if ins.holders.unseen.is_empty() {
             String::new()
         } else {
-            format!("; {} could not be seen", ins.holders.unseen.len())
+            format!(
+                " ({} other processes could not be seen)",
+                ins.holders.unseen.len()
+            )
         }
     );
     for p in procs {

@@ -116,6 +116,11 @@ pub fn shorten(s: &str, n: usize) -> String {
     }
 }
 
+/// `1 frame`, `2 frames`.
+pub fn plural(n: u64, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
 fn pid_list(pids: &[i32]) -> String {
     let v: Vec<String> = pids.iter().take(12).map(|p| p.to_string()).collect();
     let more = if pids.len() > 12 {
@@ -838,7 +843,7 @@ fn holder_findings(ins: &Inspection, wal_mode: bool, out: &mut Out) {
     for p in procs {
         let mut stale: Vec<String> = Vec::new();
         let mut saves: Vec<String> = Vec::new();
-        let mut sides: Vec<String> = Vec::new();
+        let mut sides: Vec<(Vec<i32>, Vec<&str>)> = Vec::new();
         let mut worst = Severity::Note;
         for f in p.fds.iter().filter(|f| f.stale()) {
             let how = if f.deleted {
@@ -869,16 +874,10 @@ fn holder_findings(ins: &Inspection, wal_mode: bool, out: &mut Out) {
                 ));
                 let others = users_of(f.role, p.pid);
                 if !others.is_empty() {
-                    sides.push(format!(
-                        "{} {} the current {}",
-                        if others.len() == 1 {
-                            "process"
-                        } else {
-                            "processes"
-                        },
-                        pid_list(&others) + if others.len() == 1 { " uses" } else { " use" },
-                        f.role.label()
-                    ));
+                    match sides.iter_mut().find(|(o, _)| *o == others) {
+                        Some((_, roles)) => roles.push(f.role.label()),
+                        None => sides.push((others, vec![f.role.label()])),
+                    }
                 }
             }
         }
@@ -896,7 +895,22 @@ fn holder_findings(ins: &Inspection, wal_mode: bool, out: &mut Out) {
                 let live = if sides.is_empty() {
                     String::new()
                 } else {
-                    format!(", while {}: the split is live", sides.join(" and "))
+                    let parts: Vec<String> = sides
+                        .iter()
+                        .map(|(others, roles)| {
+                            format!(
+                                "{} {} the current {}",
+                                if others.len() == 1 {
+                                    "process"
+                                } else {
+                                    "processes"
+                                },
+                                pid_list(others) + if others.len() == 1 { " uses" } else { " use" },
+                                roles.join(" and ")
+                            )
+                        })
+                        .collect();
+                    format!(", while {}: the split is live", parts.join(", and "))
                 };
                 let save = if saves.is_empty() {
                     String::new()
@@ -1285,9 +1299,13 @@ fn checkpoint_plan(ins: &Inspection, live: bool, lines: &mut Vec<String>) {
         .zip(ins.db_header())
         .map_or(0, |(m, h)| m.size / u64::from(h.page_size.max(1)));
     lines.push(format!(
-        "a checkpoint copies frames {}..{to} ({} distinct pages) into the database, which then has {db_pages} pages (now {now})",
-        from + 1,
-        pages.len()
+        "a checkpoint copies {} ({}) into the database, which then has {db_pages} pages (now {now})",
+        if from + 1 == to {
+            format!("frame {to}")
+        } else {
+            format!("frames {}..{to}", from + 1)
+        },
+        plural(pages.len() as u64, "distinct page")
     ));
     // Readers holding a read mark below `to` hold a PASSIVE checkpoint back.
     if let Some((_, c)) = &trusted {
