@@ -3,6 +3,7 @@
 //! gets a clear message and its documented exit status, and nothing is written anywhere.
 //! The "no permission" cases run the doctor as uid 65534 (the machine runs as root).
 
+#[macro_use]
 mod common;
 
 use common::{doctor, doctor_as, ok, snapshot, spawn};
@@ -15,22 +16,16 @@ use vfs_tests::worker::Vfs;
 const NOBODY: u32 = 65_534;
 
 fn main() -> ExitCode {
-    common::main(&[
-        ("missing_path", missing_path),
-        ("directory", directory),
-        ("not_a_sqlite_file", not_a_sqlite_file),
-        ("truncated_file", truncated_file),
-        (
-            "empty_file_is_an_empty_database",
-            empty_file_is_an_empty_database,
-        ),
-        ("file_without_permission", file_without_permission),
-        ("directory_without_permission", directory_without_permission),
-        (
-            "other_users_processes_cannot_be_seen",
-            other_users_processes_cannot_be_seen,
-        ),
-        ("usage_errors", usage_errors),
+    common::main(tests![
+        missing_path,
+        directory,
+        not_a_sqlite_file,
+        truncated_file,
+        empty_file_is_an_empty_database,
+        file_without_permission,
+        directory_without_permission,
+        other_users_processes_cannot_be_seen,
+        usage_errors,
     ])
 }
 

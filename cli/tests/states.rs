@@ -6,6 +6,7 @@
 //! Synchronisation is by the workers' replies (each command answers when done) and by
 //! the doctor's exit; no test sleeps to wait for something.
 
+#[macro_use]
 mod common;
 
 use common::{codes, doctor, doctor_json, finding, ok, process, spawn, Json};
@@ -19,37 +20,17 @@ use std::time::Duration;
 use vfs_tests::worker::Vfs;
 
 fn main() -> ExitCode {
-    common::main(&[
-        (
-            "healthy_wal_database_with_three_processes",
-            healthy_wal_database_with_three_processes,
-        ),
-        (
-            "split_index_names_the_process_holding_the_deleted_wal",
-            split_index_names_the_process_holding_the_deleted_wal,
-        ),
-        ("torn_extend_is_damage", torn_extend_is_damage),
-        (
-            "bad_frame_checksum_after_the_last_commit",
-            bad_frame_checksum_after_the_last_commit,
-        ),
-        (
-            "second_sqlite_library_in_one_process",
-            second_sqlite_library_in_one_process,
-        ),
-        (
-            "rollback_database_with_a_hot_journal",
-            rollback_database_with_a_hot_journal,
-        ),
-        (
-            "doctor_changes_no_byte_and_no_lock",
-            doctor_changes_no_byte_and_no_lock,
-        ),
-        (
-            "doctor_makes_only_read_only_system_calls",
-            doctor_makes_only_read_only_system_calls,
-        ),
-        ("watch_prints_only_changes", watch_prints_only_changes),
+    common::main(tests![
+        healthy_wal_database_with_three_processes,
+        split_index_names_the_process_holding_the_deleted_wal,
+        torn_extend_is_damage,
+        bad_frame_checksum_after_the_last_commit,
+        second_sqlite_library_in_one_process,
+        rollback_database_with_a_hot_journal,
+        stripped_executable_with_bundled_sqlite,
+        doctor_changes_no_byte_and_no_lock,
+        doctor_makes_only_read_only_system_calls,
+        watch_prints_only_changes,
     ])
 }
 
@@ -441,6 +422,45 @@ fn rollback_database_with_a_hot_journal() {
         .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
         .expect("count");
     assert_eq!(n, 1);
+}
+
+/// A bundled SQLite in an executable without symbols is still found (by the SQLite
+/// format string and the source id); its version cannot be read, and the doctor says so
+/// instead of guessing.
+fn stripped_executable_with_bundled_sqlite() {
+    let dir = common::tempdir();
+    let exe = dir.path().join("stripped-worker");
+    fs::copy(std::env::current_exe().expect("current_exe"), &exe)
+        .expect("copy the test executable");
+    let st = Command::new("strip")
+        .arg("--strip-all")
+        .arg(&exe)
+        .status()
+        .expect("run strip (binutils)");
+    assert!(st.success(), "strip failed");
+    let db = dir.path().join("app.db");
+    let mut a =
+        vfs_tests::worker::Worker::spawn(&exe, Vfs::Unix, &db, "A").expect("spawn stripped worker");
+    assert_eq!(ok(&mut a, "wal"), "wal");
+    ok(&mut a, "write 1");
+    let r = doctor_json(&db, 0);
+    let libs = process(&r, a.pid())["sqlite_libraries"].items().to_vec();
+    assert_eq!(libs.len(), 1, "{libs:?}");
+    assert!(
+        libs[0]["path"].text().ends_with("stripped-worker"),
+        "{libs:?}"
+    );
+    assert!(libs[0]["version"].is_null(), "{libs:?}");
+    assert!(
+        libs[0]["wal_reset_bug"].is_null(),
+        "unknown, not guessed: {libs:?}"
+    );
+    assert!(libs[0]["source_id"].text().starts_with("20"), "{libs:?}");
+    assert_eq!(
+        pids_of(finding(&r, "sqlite-version-unknown")),
+        vec![a.pid()]
+    );
+    let _ = a.exit();
 }
 
 fn doctor_changes_no_byte_and_no_lock() {

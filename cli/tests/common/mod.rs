@@ -18,6 +18,13 @@ use vfs_tests::worker::{Vfs, Worker};
 
 pub type Test = (&'static str, fn());
 
+/// `tests![a, b]`: the test list for [`main`], each named after its function.
+macro_rules! tests {
+    ($($f:ident),* $(,)?) => {
+        &[$((stringify!($f), $f as fn())),*]
+    };
+}
+
 /// Runs the named tests in order (or serves as a worker process). Arguments that do not
 /// start with `-` filter by substring, as libtest does.
 pub fn main(tests: &[Test]) -> ExitCode {
