@@ -49,6 +49,9 @@ pub struct DecodedLock {
     /// Processes that own it: the POSIX owner, or every process whose descriptor shares
     /// the open file description of an OFD lock.
     pub owners: Vec<i32>,
+    /// `owners` are the candidates for an OFD lock that cannot be told apart (a
+    /// description shared after fork, or several identical locks).
+    pub ambiguous: bool,
     pub names: String,
     pub meanings: Vec<String>,
 }
@@ -479,30 +482,52 @@ fn read_locks(ins: &mut Inspection) {
     // btrfs subvolumes and overlayfs report a different st_dev than the superblock
     // device the lock table prints: match those by inode alone.
     let loose = matches!(ins.fs.name.as_str(), "btrfs" | "overlay");
-    for lock in locks::parse_table(&text) {
+    // An OFD lock line does not name its owner; the `lock:` lines in the owners' fdinfo
+    // do, but identical locks (same inode, range and type) held through different open
+    // file descriptions look alike. Lines with one key are handed out one per candidate
+    // process when the counts match (then each candidate holds exactly one); otherwise
+    // (a description shared after fork, or one process with several) every candidate is
+    // listed and the lock is marked ambiguous.
+    let table = locks::parse_table(&text);
+    let key = |l: &KernelLock| (l.ino, l.start, l.end, l.write);
+    let mut handed: std::collections::HashMap<(u64, u64, Option<u64>, bool), usize> =
+        std::collections::HashMap::new();
+    for lock in table.iter().cloned() {
         let Some(&(role, _, _, _, stale)) = known.iter().find(|(_, maj, min, ino, _)| {
             *ino == lock.ino && (loose || (*maj == lock.major && *min == lock.minor))
         }) else {
             continue;
         };
+        let mut ambiguous = false;
         let owners: Vec<i32> = match lock.kind {
-            Kind::Ofd => ins
-                .holders
-                .procs
-                .iter()
-                .filter(|p| {
-                    p.fds.iter().any(|f| {
-                        f.ino == lock.ino
-                            && f.locks.iter().any(|l| {
-                                l.kind == Kind::Ofd
-                                    && l.start == lock.start
-                                    && l.end == lock.end
-                                    && l.write == lock.write
-                            })
+            Kind::Ofd => {
+                let candidates: Vec<i32> = ins
+                    .holders
+                    .procs
+                    .iter()
+                    .filter(|p| {
+                        p.fds.iter().any(|f| {
+                            f.ino == lock.ino
+                                && f.locks
+                                    .iter()
+                                    .any(|l| l.kind == Kind::Ofd && key(l) == key(&lock))
+                        })
                     })
-                })
-                .map(|p| p.pid)
-                .collect(),
+                    .map(|p| p.pid)
+                    .collect();
+                let lines = table
+                    .iter()
+                    .filter(|l| l.kind == Kind::Ofd && !l.blocked && key(l) == key(&lock))
+                    .count();
+                let n = handed.entry(key(&lock)).or_default();
+                if candidates.len() == lines && !lock.blocked {
+                    *n += 1;
+                    candidates.get(*n - 1).copied().into_iter().collect()
+                } else {
+                    ambiguous = candidates.len() > 1;
+                    candidates
+                }
+            }
             _ if lock.pid > 0 => vec![lock.pid as i32],
             _ => Vec::new(),
         };
@@ -513,10 +538,13 @@ fn read_locks(ins: &mut Inspection) {
             role,
             stale,
             owners,
+            ambiguous,
             names,
             meanings,
         });
     }
+    ins.locks
+        .sort_by_key(|l| (l.role, l.lock.start, l.owners.first().copied()));
     let mut unseen: Vec<(i32, String, String, Option<u32>)> = Vec::new();
     for l in &ins.locks {
         for &pid in &l.owners {

@@ -423,6 +423,9 @@ pub fn text(ins: &Inspection, v: &Verdict) -> String {
             for l in &ins.locks {
                 let owner = match (l.lock.kind, l.owners.is_empty()) {
                     (Kind::Ofd, true) => "OFD, owner not visible".to_owned(),
+                    (Kind::Ofd, false) if l.ambiguous => {
+                        format!("OFD, shared by or one of {}", join_pids(&l.owners))
+                    }
                     (Kind::Ofd, false) => format!("OFD, held by {}", join_pids(&l.owners)),
                     (k, true) => format!("{} pid {}", k.name(), l.lock.pid),
                     (k, false) => format!("{} pid {}", k.name(), join_pids(&l.owners)),
@@ -810,6 +813,7 @@ fn lock_json(l: &crate::inspect::DecodedLock) -> J {
         ("end", J::opt(l.lock.end, J::num)),
         ("pid", J::num(l.lock.pid)),
         ("owners", J::Arr(l.owners.iter().map(J::num).collect())),
+        ("owners_ambiguous", J::Bool(l.ambiguous)),
         ("names", J::str(l.names.clone())),
         (
             "meaning",
