@@ -130,11 +130,12 @@ def _apsw_module(conn: object) -> Optional[Any]:
     return None
 
 
-def _load_into_sqlite3(conn: sqlite3.Connection, path: str, entry: str) -> None:
+def _load_into_sqlite3(conn: sqlite3.Connection, entry: str) -> None:
     if not hasattr(conn, "enable_load_extension"):
         raise ExtensionLoadingUnavailable(
             _no_loading_message(f"The sqlite3 module of {sys.executable}")
         )
+    path = loadable_path()
     # Python >= 3.12 can report the current setting; older ones cannot, and leave it
     # off afterwards (it is off by default).
     was_enabled = False
@@ -157,9 +158,10 @@ def _load_into_sqlite3(conn: sqlite3.Connection, path: str, entry: str) -> None:
             conn.enable_load_extension(False)
 
 
-def _load_into_apsw(conn: Any, apsw_mod: Any, path: str, entry: str) -> None:
+def _load_into_apsw(conn: Any, apsw_mod: Any, entry: str) -> None:
     if not hasattr(conn, "enable_load_extension"):
         raise ExtensionLoadingUnavailable(_no_loading_message("This apsw build"))
+    path = loadable_path()
     was_enabled = False
     op = getattr(apsw_mod, "SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION", None)
     if op is not None:
@@ -204,11 +206,11 @@ def load(conn: Connection, default: bool = True) -> None:
     """
     entry = _entry(default)
     if isinstance(conn, sqlite3.Connection):
-        _load_into_sqlite3(conn, loadable_path(), entry)
+        _load_into_sqlite3(conn, entry)
         return
     apsw_mod = _apsw_module(conn)
     if apsw_mod is not None:
-        _load_into_apsw(conn, apsw_mod, loadable_path(), entry)
+        _load_into_apsw(conn, apsw_mod, entry)
         return
     kind = f"{type(conn).__module__}.{type(conn).__qualname__}"
     raise TypeError(
