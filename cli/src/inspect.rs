@@ -76,6 +76,8 @@ pub struct Inspection {
     pub holders: Scan,
     pub locks: Vec<DecodedLock>,
     pub locks_error: Option<String>,
+    /// Consecutive reads of /proc/locks disagreed at least once (a busy lock table).
+    pub locks_unsettled: bool,
     /// Lock owners outside the holders (their descriptors could not be read):
     /// (pid, comm, cmdline, uid).
     pub lock_owners_unseen: Vec<(i32, String, String, Option<u32>)>,
@@ -112,6 +114,31 @@ impl Inspection {
             .filter(|l| l.lock.overlaps(b.start, b.len))
             .filter(|l| write.is_none_or(|w| l.lock.write == w))
             .collect()
+    }
+
+    /// Whether process `p` holds a lock on the named byte of the current `role` file,
+    /// as the lock table or its own fdinfo shows it (two views read at different
+    /// moments: either one is proof).
+    pub fn process_holds(
+        &self,
+        p: &holders::Proc,
+        role: Role,
+        name: &str,
+        posix_only: bool,
+    ) -> bool {
+        let b = locks::byte(role, name);
+        let kind_ok = |k: Kind| !posix_only || k == Kind::Posix;
+        self.held(role, name, None)
+            .iter()
+            .any(|l| kind_ok(l.lock.kind) && l.owners.contains(&p.pid))
+            || p.fds
+                .iter()
+                .filter(|f| f.role == role && f.current)
+                .any(|f| {
+                    f.locks
+                        .iter()
+                        .any(|l| !l.blocked && kind_ok(l.kind) && l.overlaps(b.start, b.len))
+                })
     }
 
     /// The `-shm` is in use: somebody holds its dead-man switch or maps it.
@@ -359,6 +386,7 @@ pub fn inspect(arg: &str) -> Result<Inspection, Fatal> {
         holders: Scan::default(),
         locks: Vec::new(),
         locks_error: None,
+        locks_unsettled: false,
         lock_owners_unseen: Vec::new(),
     };
 
@@ -439,8 +467,11 @@ pub fn inspect(arg: &str) -> Result<Inspection, Fatal> {
 /// Reads `/proc/locks`, keeps the locks on the database's files (current inodes and the
 /// stale ones processes still hold) and finds their owners.
 fn read_locks(ins: &mut Inspection) {
-    let text = match sys::read_proc(Path::new("/proc/locks")) {
-        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+    let read = || {
+        sys::read_proc(Path::new("/proc/locks")).map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    let mut text = match read() {
+        Ok(t) => t,
         Err(e) => {
             ins.locks_error = Some(format!("cannot read /proc/locks: {e}"));
             return;
@@ -482,6 +513,36 @@ fn read_locks(ins: &mut Inspection) {
     // btrfs subvolumes and overlayfs report a different st_dev than the superblock
     // device the lock table prints: match those by inode alone.
     let loose = matches!(ins.fs.name.as_str(), "btrfs" | "overlay");
+    let ours = |l: &KernelLock| {
+        known.iter().any(|(_, maj, min, ino, _)| {
+            *ino == l.ino && (loose || (*maj == l.major && *min == l.minor))
+        })
+    };
+    // The kernel hands /proc/locks out one page per read() and lets go of its lock table
+    // between reads: while other processes lock and unlock, a long table can come back
+    // with lines skipped or repeated. Read until two reads agree on the lines of these
+    // files (a few tries), so that no lock is reported missing that was there.
+    let relevant = |t: &str| {
+        let mut v: Vec<String> = locks::parse_table(t)
+            .into_iter()
+            .filter(|l| ours(l))
+            .map(|l| format!("{l:?}"))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut last = relevant(&text);
+    ins.locks_unsettled = true;
+    for _ in 0..5 {
+        let Ok(again) = read() else { break };
+        let now = relevant(&again);
+        text = again;
+        if now == last {
+            ins.locks_unsettled = false;
+            break;
+        }
+        last = now;
+    }
     // An OFD lock line does not name its owner; the `lock:` lines in the owners' fdinfo
     // do, but identical locks (same inode, range and type) held through different open
     // file descriptions look alike. Lines with one key are handed out one per candidate

@@ -801,6 +801,7 @@ pub fn json(ins: &Inspection, v: &Verdict) -> J {
             ),
         ),
         ("locks_error", J::opt(ins.locks_error.clone(), J::Str)),
+        ("locks_unsettled", J::Bool(ins.locks_unsettled)),
     ])
 }
 

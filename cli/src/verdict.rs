@@ -961,16 +961,8 @@ fn holder_findings(ins: &Inspection, wal_mode: bool, out: &mut Out) {
     }
 
     // ---- lost locks: a WAL connection without its locks ------------------------------
-    let owns = |p: &Proc, role: Role, name: &str| {
-        ins.held(role, name, None)
-            .iter()
-            .any(|l| l.owners.contains(&p.pid))
-    };
-    let owns_posix = |p: &Proc, role: Role, name: &str| {
-        ins.held(role, name, None)
-            .iter()
-            .any(|l| l.lock.kind == Kind::Posix && l.owners.contains(&p.pid))
-    };
+    let owns = |p: &Proc, role: Role, name: &str| ins.process_holds(p, role, name, false);
+    let owns_posix = |p: &Proc, role: Role, name: &str| ins.process_holds(p, role, name, true);
     for p in procs {
         let maps_shm = p.maps.iter().any(|m| m.role == Role::Shm && m.current);
         if !maps_shm || ins.locks_error.is_some() {
@@ -1185,6 +1177,17 @@ fn holder_findings(ins: &Inspection, wal_mode: bool, out: &mut Out) {
                 p.maps_error.as_deref().unwrap_or("")
             ),
             "run the doctor as root",
+        );
+    }
+    if ins.locks_unsettled {
+        out.add(
+            Severity::Note,
+            "locks-unsettled",
+            vec![],
+            "the kernel's lock table kept changing while it was read (it is read one page at a \
+             time): a lock in this report may be missing or repeated"
+                .into(),
+            "run the doctor again",
         );
     }
     let orphan_ofd = ins

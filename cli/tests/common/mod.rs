@@ -523,20 +523,39 @@ pub fn locks_in(dir: &Path) -> Vec<String> {
         .filter_map(|e| e.ok()?.metadata().ok())
         .map(|m| m.ino())
         .collect();
-    let text = fs::read_to_string("/proc/locks").expect("read /proc/locks");
-    let mut out: Vec<String> = text
-        .lines()
-        .filter_map(|l| {
-            let rest = l.split_once(':')?.1.trim();
-            let dev = rest.split_whitespace().nth(4)?;
-            let ino: u64 = dev.rsplit(':').next()?.parse().ok()?;
-            inodes
-                .contains(&ino)
-                .then(|| rest.split_whitespace().collect::<Vec<_>>().join(" "))
-        })
-        .collect();
-    out.sort();
-    out
+    let dev = fs::metadata(dir).expect("stat dir").dev();
+    let dev = format!(
+        "{:02x}:{:02x}:",
+        ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff),
+        ((dev >> 12) & 0xffff_ff00) | (dev & 0xff)
+    );
+    let read = || {
+        let text = fs::read_to_string("/proc/locks").expect("read /proc/locks");
+        let mut out: Vec<String> = text
+            .lines()
+            .filter_map(|l| {
+                let rest = l.split_once(':')?.1.trim();
+                let id = rest.split_whitespace().nth(4)?;
+                let ino: u64 = id.strip_prefix(&dev)?.parse().ok()?;
+                inodes
+                    .contains(&ino)
+                    .then(|| rest.split_whitespace().collect::<Vec<_>>().join(" "))
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    // The kernel serves /proc/locks a page per read() and other processes' locks change
+    // between reads: take it when two reads agree.
+    let mut last = read();
+    for _ in 0..20 {
+        let now = read();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("/proc/locks never read the same twice: {last:?}");
 }
 
 /// The lock lines of one pid among `lines`.
