@@ -20,7 +20,7 @@ const SHN_UNDEF: u16 = 0;
 const SHN_LORESERVE: u16 = 0xff00;
 /// Bigger sections than this are not read (a corrupt header must not make the doctor
 /// allocate gigabytes).
-const MAX_SECTION: u64 = 512 << 20;
+const MAX_SECTION: u64 = 128 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SqliteLib {
@@ -87,15 +87,22 @@ struct Section {
 /// Where the bytes come from: a file, or memory (unit tests).
 pub trait Source {
     fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    fn size(&self) -> io::Result<u64>;
 }
 
 impl Source for File {
     fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         sys::read_at_most(self, offset, len)
     }
+    fn size(&self) -> io::Result<u64> {
+        self.metadata().map(|m| m.len())
+    }
 }
 
 impl Source for [u8] {
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.len() as u64)
+    }
     fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let start = (offset as usize).min(self.len());
         let end = start.saturating_add(len).min(self.len());
@@ -163,7 +170,13 @@ pub fn inspect<S: Source + ?Sized>(src: &S) -> io::Result<Option<ElfFacts>> {
         let s0 = src.read(shoff, shentsize as usize)?;
         shnum = parse_section(&s0, 0).ok_or_else(bad)?.size;
     }
-    if shnum > 65_536 {
+    let file_size = src.size()?;
+    // A corrupt header must not make the doctor allocate much: the section table and
+    // every section read must lie inside the file.
+    if shnum > 65_536
+        || shentsize as usize > 256
+        || shoff.saturating_add(shnum * shentsize as u64) > file_size
+    {
         return Err(bad());
     }
     let table = src.read(shoff, shnum as usize * shentsize as usize)?;
@@ -172,7 +185,7 @@ pub fn inspect<S: Source + ?Sized>(src: &S) -> io::Result<Option<ElfFacts>> {
         .collect();
 
     let read_section = |s: &Section| -> io::Result<Vec<u8>> {
-        if s.size > MAX_SECTION {
+        if s.size > MAX_SECTION || s.offset.saturating_add(s.size) > file_size {
             return Err(bad());
         }
         src.read(s.offset, s.size as usize)
@@ -475,6 +488,19 @@ mod tests {
                 .expect("ELF")
                 .walguard
         );
+    }
+
+    #[test]
+    fn a_corrupt_section_table_is_an_error_not_an_allocation() {
+        let mut f = tiny_elf(&[("sqlite3_libversion", 1, 0x1000, 0)], b"abc");
+        f[0x3C..0x3E].copy_from_slice(&60_000u16.to_le_bytes());
+        assert!(inspect(f.as_slice()).is_err());
+        let mut f = tiny_elf(&[("sqlite3_libversion", 1, 0x1000, 0)], b"abc");
+        f[0x3A..0x3C].copy_from_slice(&0xFFFFu16.to_le_bytes());
+        assert!(inspect(f.as_slice()).is_err());
+        // A truncated file.
+        let f = tiny_elf(&[("sqlite3_libversion", 1, 0x1000, 0)], b"abc");
+        assert!(inspect(&f[..f.len() - 10]).is_err());
     }
 
     #[test]

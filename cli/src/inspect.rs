@@ -296,15 +296,29 @@ fn read_header(arg: &str, db: &Path, meta: &Meta) -> Result<HeaderState, Fatal> 
     match header::parse(&b) {
         Ok(h) => Ok(HeaderState::Ok(h)),
         Err(HeaderError::Truncated { len }) => Ok(HeaderState::Truncated(len)),
-        Err(HeaderError::NotSqlite { first_bytes }) => Err(fatal(
-            arg,
-            format!(
-                "is not a SQLite database: it starts with {} (a database starts with \"SQLite format 3\\0\")",
-                printable(&first_bytes)
-            ),
-            "check the path; an encrypted database (SQLCipher, SEE) has no readable header and \
-             cannot be inspected",
-        )),
+        Err(HeaderError::NotSqlite { first_bytes }) => {
+            // A side file given instead of its database.
+            let side = [Role::Wal, Role::Shm, Role::Journal, Role::Walguard]
+                .into_iter()
+                .find_map(|r| arg.strip_suffix(r.suffix()).map(|db| (r, db)));
+            let hint = match side {
+                Some((r, db)) => format!(
+                    "this is the database's {} file: give the database itself ({db})",
+                    r.label()
+                ),
+                None => "check the path; an encrypted database (SQLCipher, SEE) has no readable \
+                         header and cannot be inspected"
+                    .to_owned(),
+            };
+            Err(Fatal {
+                path: arg.to_owned(),
+                message: format!(
+                    "is not a SQLite database: it starts with {} (a database starts with \"SQLite format 3\\0\")",
+                    printable(&first_bytes)
+                ),
+                hint,
+            })
+        }
     }
 }
 

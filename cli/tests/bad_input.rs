@@ -123,6 +123,19 @@ fn not_a_sqlite_file() {
         3,
         &["is not a SQLite database", "just some text"],
     );
+    // A side file given instead of the database.
+    let wal = dir.path().join("notes.db-wal");
+    fs::write(&wal, [0x37u8, 0x7f, 0x06, 0x82, 0, 0x2d, 0xe2, 0x18]).expect("write");
+    bad(
+        dir.path(),
+        &wal,
+        None,
+        3,
+        &[
+            "is not a SQLite database",
+            "this is the database's -wal file",
+        ],
+    );
 }
 
 fn truncated_file() {
