@@ -475,6 +475,16 @@ pub fn fatal_json(f: &Fatal, time: i64) -> J {
         ("exit_status", J::num(3)),
         ("error", J::str(f.message.clone())),
         ("action", J::str(f.hint.clone())),
+        (
+            "findings",
+            J::Arr(vec![J::obj([
+                ("severity", J::str("incomplete")),
+                ("code", J::str("could-not-inspect")),
+                ("pids", J::Arr(Vec::new())),
+                ("message", J::str(format!("{}: {}", f.path, f.message))),
+                ("action", J::str(f.hint.clone())),
+            ])]),
+        ),
     ])
 }
 

@@ -89,6 +89,7 @@ fn missing_path() {
     assert!(!p.exists());
     let r = doctor(&["doctor", "--json", &s(&p)]).json();
     assert_eq!(r["status"].text(), "could-not-inspect");
+    assert_eq!(common::codes(&r, "incomplete"), ["could-not-inspect"]);
     // Side files without their database: said so.
     fs::write(dir.path().join("absent.db-wal"), b"").expect("write");
     bad(
