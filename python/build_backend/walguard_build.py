@@ -109,7 +109,8 @@ def _tomllib() -> Any:
 def read_toml(path: Path) -> Dict[str, Any]:
     try:
         with path.open("rb") as f:
-            return _tomllib().load(f)
+            doc: Dict[str, Any] = _tomllib().load(f)
+            return doc
     except OSError as e:
         raise BuildError(f"cannot read {path}: {e}") from e
     except ValueError as e:  # tomllib.TOMLDecodeError
@@ -181,8 +182,7 @@ def project_metadata() -> Project:
         )
     if set(project.get("dynamic", [])) != DYNAMIC:
         raise BuildError(
-            f"{path}: [project] dynamic must be {sorted(DYNAMIC)}: they come from "
-            f"Cargo.toml"
+            f"{path}: [project] dynamic must be {sorted(DYNAMIC)}: they come from " f"Cargo.toml"
         )
     if project.get("name") != PACKAGE:
         raise BuildError(f"{path}: [project] name must be {PACKAGE!r}")
@@ -244,9 +244,7 @@ def cargo_build(target: Optional[str]) -> Path:
     log(f"compiling the extension: {shown}")
     try:
         # Diagnostics and progress go to our stderr; stdout carries JSON messages.
-        proc = subprocess.run(
-            cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
-        )
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     except OSError as e:
         raise BuildError(
             f"cannot run `{shown}`: {e}. Install Rust (https://rustup.rs) or pass a "
@@ -337,11 +335,11 @@ def read_elf(path: Path) -> ElfInfo:
     wide = elf_class == 64
     try:
         if wide:
-            (_, machine, _, _, _, shoff, flags, _, _, _, shentsize, shnum, _) = struct.unpack_from(
+            _, machine, _, _, _, shoff, flags, _, _, _, shentsize, shnum, _ = struct.unpack_from(
                 end + "HHIQQQIHHHHHH", data, 16
             )
         else:
-            (_, machine, _, _, _, shoff, flags, _, _, _, shentsize, shnum, _) = struct.unpack_from(
+            _, machine, _, _, _, shoff, flags, _, _, _, shentsize, shnum, _ = struct.unpack_from(
                 end + "HHIIIIIHHHHHH", data, 16
             )
         if machine not in MACHINES:
@@ -356,9 +354,7 @@ def read_elf(path: Path) -> ElfInfo:
         if shoff == 0 or shnum == 0:
             raise bad("no section headers")
         sh_fmt = end + ("IIQQQQIIQQ" if wide else "IIIIIIIIII")
-        sections = [
-            struct.unpack_from(sh_fmt, data, shoff + i * shentsize) for i in range(shnum)
-        ]
+        sections = [struct.unpack_from(sh_fmt, data, shoff + i * shentsize) for i in range(shnum)]
 
         def strtab(index: int) -> bytes:
             s = sections[index]
@@ -374,7 +370,9 @@ def read_elf(path: Path) -> ElfInfo:
                 names = strtab(link)
                 ent = 16 if wide else 8
                 for i in range(size // ent):
-                    tag, val = struct.unpack_from(end + ("qQ" if wide else "iI"), data, off + i * ent)
+                    tag, val = struct.unpack_from(
+                        end + ("qQ" if wide else "iI"), data, off + i * ent
+                    )
                     if tag == DT_NEEDED:
                         info.needed.append(cstr(names, val))
             elif sh_type == SHT_DYNSYM:
@@ -382,9 +380,13 @@ def read_elf(path: Path) -> ElfInfo:
                 ent = entsize or (24 if wide else 16)
                 for i in range(1, size // ent):
                     if wide:
-                        st_name, st_info, _, shndx, _, _ = struct.unpack_from(end + "IBBHQQ", data, off + i * ent)
+                        st_name, st_info, _, shndx, _, _ = struct.unpack_from(
+                            end + "IBBHQQ", data, off + i * ent
+                        )
                     else:
-                        st_name, _, _, st_info, _, shndx = struct.unpack_from(end + "IIIBBH", data, off + i * ent)
+                        st_name, _, _, st_info, _, shndx = struct.unpack_from(
+                            end + "IIIBBH", data, off + i * ent
+                        )
                     name = cstr(names, st_name)
                     if not name:
                         continue
@@ -494,9 +496,7 @@ def write_wheel(out_dir: Path, so: Path) -> Path:
         so_bytes = so.read_bytes()
     except OSError as e:
         raise BuildError(f"cannot read {so}: {e}") from e
-    entries: List[Tuple[str, bytes, int]] = [
-        (name, data, 0o644) for name, data in package_files()
-    ]
+    entries: List[Tuple[str, bytes, int]] = [(name, data, 0o644) for name, data in package_files()]
     entries.append((f"{PACKAGE}/{LIBRARY}", so_bytes, 0o755))
     entries.append((f"{dist_info}/METADATA", metadata_text(project).encode("utf-8"), 0o644))
     entries.append((f"{dist_info}/WHEEL", wheel_text(tag).encode("utf-8"), 0o644))
@@ -547,6 +547,8 @@ def _settings(config_settings: Optional[Mapping[str, Any]]) -> Tuple[Optional[st
             v = cs.pop("--" + key, None)
         if isinstance(v, list):
             v = v[-1] if v else None
+        if v is not None and not isinstance(v, str):
+            raise BuildError(f"config setting {key}={v!r} is not a string")
         return v
 
     so, target = one("so"), one("target")

@@ -213,9 +213,7 @@ def load(conn: Connection, default: bool = True) -> None:
         _load_into_apsw(conn, apsw_mod, entry)
         return
     kind = f"{type(conn).__module__}.{type(conn).__qualname__}"
-    raise TypeError(
-        f"walguard.load() takes a sqlite3.Connection or an apsw.Connection, not {kind}"
-    )
+    raise TypeError(f"walguard.load() takes a sqlite3.Connection or an apsw.Connection, not {kind}")
 
 
 def install(default: bool = True) -> None:

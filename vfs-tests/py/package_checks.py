@@ -171,7 +171,10 @@ def scenario_runtimes():
     boot = apsw.Connection(":memory:")
     was = boot.config(apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, -1)
     walguard.load(boot)
-    out("apsw_loading_restored", int(boot.config(apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, -1) == was))
+    out(
+        "apsw_loading_restored",
+        int(boot.config(apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, -1) == was),
+    )
     enabled = apsw.Connection(":memory:")
     enabled.enable_load_extension(True)
     walguard.load(enabled, default=True)
@@ -213,9 +216,9 @@ def scenario_record(wheel):
                 ok = listed.get(n) == ("", "")
             else:
                 data = zf.read(n)
-                want = "sha256=" + base64.urlsafe_b64encode(
-                    hashlib.sha256(data).digest()
-                ).rstrip(b"=").decode("ascii")
+                want = "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(
+                    b"="
+                ).decode("ascii")
                 ok = listed.get(n) == (want, str(len(data)))
             if not ok:
                 bad.append(n)
