@@ -1,0 +1,300 @@
+//! The syscall audit: the read-heavy and the write-heavy workload once per VFS under
+//! `strace -f` (this binary re-executed as `bench-child audit`), phases marked by writes
+//! to /dev/null, system calls counted per phase and compared.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use rusqlite::params;
+
+use crate::bench::db::{create_db, ctx, open, remove_db, set_sync};
+use crate::bench::measure::{payload, Rng};
+use crate::bench::{recheck_arg, Env, VFSS};
+use crate::worker::Vfs;
+
+/// Marker prefix the audit child writes to /dev/null between phases.
+const MARK: &str = "WGBENCH-PHASE ";
+
+pub(crate) fn mark(devnull: &mut fs::File, phase: &str) {
+    let _ = devnull.write_all(format!("{MARK}{phase}").as_bytes());
+}
+
+/// One connection's whole life, phases marked by writes to /dev/null for strace.
+pub(crate) fn audit_child(
+    vfs: Vfs,
+    db: &Path,
+    mode: &str,
+    n: u64,
+    rows: u64,
+) -> Result<(), String> {
+    let mut devnull = fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("open /dev/null: {e}"))?;
+    let data = payload(3);
+    mark(&mut devnull, "open");
+    let c = open(vfs, db)?;
+    mark(&mut devnull, "first");
+    match mode {
+        "read" => {
+            let mut stmt = ctx("prepare", c.prepare("SELECT payload FROM t WHERE id = ?1"))?;
+            let mut lookup = |id: u64| ctx("lookup", stmt.query_row([id as i64], |_| Ok(())));
+            lookup(1)?;
+            let mut rng = Rng(0xA5A5_5A5A_1234_5678);
+            mark(&mut devnull, "txn");
+            for _ in 0..n {
+                lookup(rng.next() % rows + 1)?;
+            }
+        }
+        "write" => {
+            set_sync(&c, "NORMAL")?;
+            let mut stmt = ctx(
+                "prepare",
+                c.prepare("INSERT INTO t(k, payload) VALUES(?1, ?2)"),
+            )?;
+            ctx("insert", stmt.execute(params![0i64, &data[..]]))?;
+            mark(&mut devnull, "txn");
+            for i in 0..n {
+                ctx("insert", stmt.execute(params![i as i64, &data[..]]))?;
+            }
+        }
+        other => return Err(format!("unknown audit mode {other:?}")),
+    }
+    mark(&mut devnull, "close");
+    ctx("close", c.close().map_err(|(_, e)| e))?;
+    mark(&mut devnull, "end");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Running strace and counting
+// ---------------------------------------------------------------------------------
+
+pub(crate) const PHASES: [&str; 4] = ["open", "first", "txn", "close"];
+
+pub(crate) fn phase_label(p: &str) -> &'static str {
+    match p {
+        "open" => "per open",
+        "first" => "first query (first -shm map)",
+        "txn" => "per transaction",
+        _ => "per close",
+    }
+}
+
+/// syscall counts per phase, from an `strace -f` log.
+pub(crate) type Counts = BTreeMap<String, BTreeMap<String, u64>>;
+
+pub(crate) fn parse_strace(text: &str) -> Counts {
+    let mut counts: Counts = BTreeMap::new();
+    let mut phase: Option<String> = None;
+    for line in text.lines() {
+        // "PID name(args) = r" with -f; a bare "name(...)" without.
+        let line = line.trim_start();
+        let line = match line.split_once(' ') {
+            Some((pid, rest)) if pid.bytes().all(|b| b.is_ascii_digit()) => rest.trim_start(),
+            _ => line,
+        };
+        if line.starts_with("<...") || line.starts_with("+++") || line.starts_with("---") {
+            continue;
+        }
+        let Some((name, _)) = line.split_once('(') else {
+            continue;
+        };
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            continue;
+        }
+        if let Some(pos) = line.find(MARK) {
+            let p: String = line[pos + MARK.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
+            phase = Some(p);
+            continue;
+        }
+        if let Some(p) = phase.as_ref() {
+            *counts
+                .entry(p.clone())
+                .or_default()
+                .entry(name.to_owned())
+                .or_default() += 1;
+        }
+    }
+    counts
+}
+
+pub(crate) struct AuditRow {
+    pub(crate) mode: &'static str,
+    pub(crate) phase: &'static str,
+    pub(crate) syscall: String,
+    pub(crate) unix: f64,
+    pub(crate) walguard: f64,
+}
+
+pub(crate) struct AuditResult {
+    pub(crate) rows: Vec<AuditRow>,
+    /// (mode, check, pass, detail)
+    pub(crate) checks: Vec<(String, bool, String)>,
+    pub(crate) txns: u64,
+}
+
+pub(crate) fn strace_path() -> Option<PathBuf> {
+    ["/usr/bin/strace", "/bin/strace", "/usr/local/bin/strace"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+pub(crate) fn audit(env: &Env) -> Result<AuditResult, String> {
+    let strace = strace_path().ok_or(
+        "strace is not installed (scripts/setup installs it): cannot run the syscall audit",
+    )?;
+    let n = env.sizes.audit_txns;
+    let mut rows = Vec::new();
+    let mut checks = Vec::new();
+    for mode in ["read", "write"] {
+        let mut per_vfs = Vec::new();
+        for vfs in VFSS {
+            let (db, nrows) = if mode == "read" {
+                let (p, r) = env
+                    .read_db
+                    .as_ref()
+                    .ok_or("internal: the read database was not created")?;
+                (p.clone(), *r)
+            } else {
+                let p = env.dir.join(format!("audit-write-{vfs}.db"));
+                create_db(vfs, &p, 0)?;
+                (p, 0)
+            };
+            let log = env.dir.join(format!("audit-{mode}-{vfs}.strace"));
+            let out = Command::new(&strace)
+                .args(["-f", "-qq", "-o"])
+                .arg(&log)
+                .arg(&env.exe)
+                .args(["bench-child", "audit", "--vfs", vfs.name(), "--db"])
+                .arg(&db)
+                .args(["--mode", mode, "--n", &n.to_string(), "--rows"])
+                .arg(nrows.to_string())
+                .args(["--read-recheck-ms", &recheck_arg()])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("cannot run {}: {e}", strace.display()))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "strace of the {mode} audit child ({vfs}) failed ({}): {}{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            let text = fs::read_to_string(&log)
+                .map_err(|e| format!("cannot read strace log {}: {e}", log.display()))?;
+            let counts = parse_strace(&text);
+            if !counts.contains_key("end") && !counts.contains_key("close") {
+                return Err(format!(
+                    "strace log {} has no phase markers: is strace writing the expected format?",
+                    log.display()
+                ));
+            }
+            per_vfs.push(counts);
+            if mode == "write" {
+                remove_db(&db);
+            }
+        }
+        let (u, g) = (&per_vfs[0], &per_vfs[1]);
+        let empty = BTreeMap::new();
+        for phase in PHASES {
+            let (pu, pg) = (
+                u.get(phase).unwrap_or(&empty),
+                g.get(phase).unwrap_or(&empty),
+            );
+            let div = if phase == "txn" { n.max(1) as f64 } else { 1.0 };
+            let names: std::collections::BTreeSet<&String> = pu.keys().chain(pg.keys()).collect();
+            for name in names {
+                let cu = pu.get(name).copied().unwrap_or(0);
+                let cg = pg.get(name).copied().unwrap_or(0);
+                if cu != cg {
+                    rows.push(AuditRow {
+                        mode: if mode == "read" { "read" } else { "write" },
+                        phase,
+                        syscall: name.clone(),
+                        unix: cu as f64 / div,
+                        walguard: cg as f64 / div,
+                    });
+                }
+            }
+        }
+        let txn_u = u.get("txn").unwrap_or(&empty);
+        let txn_g = g.get("txn").unwrap_or(&empty);
+        let io = if mode == "read" {
+            "pread64"
+        } else {
+            "pwrite64"
+        };
+        let (cu, cg) = (
+            txn_u.get(io).copied().unwrap_or(0),
+            txn_g.get(io).copied().unwrap_or(0),
+        );
+        checks.push((
+            format!("{mode}: no extra system call per page {mode} ({io} in the transaction phase)"),
+            cu == cg && cu > 0,
+            format!(
+                "unix {cu} ({:.2}/txn), walguard {cg} ({:.2}/txn){}",
+                cu as f64 / n as f64,
+                cg as f64 / n as f64,
+                if cu == 0 {
+                    " — no page I/O seen, check inconclusive"
+                } else {
+                    ""
+                }
+            ),
+        ));
+        // Any other call whose count grows with the pages touched would show up as a
+        // non-integral per-transaction difference; list the integral ones by name.
+        let total_u: u64 = txn_u.values().sum();
+        let total_g: u64 = txn_g.values().sum();
+        checks.push((
+            format!("{mode}: extra system calls per transaction, total"),
+            true,
+            format!(
+                "unix {:.2}/txn, walguard {:.2}/txn, extra {:+.2}/txn",
+                total_u as f64 / n as f64,
+                total_g as f64 / n as f64,
+                (total_g as f64 - total_u as f64) / n as f64
+            ),
+        ));
+    }
+    Ok(AuditResult {
+        rows,
+        checks,
+        txns: n,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strace_phases_are_counted() {
+        let log = "\
+123 execve(\"x\", [], 0x0) = 0
+123 write(3, \"WGBENCH-PHASE open\", 18) = 18
+123 openat(AT_FDCWD, \"/d/a.db\", O_RDWR) = 4
+123 newfstatat(4, \"\", {...}, AT_EMPTY_PATH) = 0
+123 write(3, \"WGBENCH-PHASE txn\", 17) = 17
+123 pread64(4, \"...\"..., 4096, 0) = 4096
+123 fcntl(5, F_OFD_SETLK, {l_type=F_RDLCK}) = 0
+123 pread64(4, \"...\"..., 4096, 4096) = 4096
+123 +++ exited with 0 +++
+";
+        let c = parse_strace(log);
+        assert_eq!(c["open"]["openat"], 1);
+        assert_eq!(c["open"]["newfstatat"], 1);
+        assert_eq!(c["txn"]["pread64"], 2);
+        assert_eq!(c["txn"]["fcntl"], 1);
+        assert!(!c.contains_key("startup"));
+    }
+}

@@ -1,0 +1,293 @@
+//! The workloads: what each measures, its sizes and target, and one VFS's run of one
+//! round ([`run_once`]); [`run_workload`] alternates the VFSs over the rounds.
+
+pub(crate) mod churn;
+pub(crate) mod contention;
+pub(crate) mod read;
+pub(crate) mod speedtest1;
+pub(crate) mod write;
+
+use crate::bench::measure::{fmt_secs, median, Sample};
+use crate::bench::{Env, VFSS};
+use crate::worker::Vfs;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Workload {
+    WriteNormal,
+    WriteFull,
+    Batched,
+    ReadPoint,
+    Scan,
+    Churn,
+    Contention,
+    /// SQLite's speedtest1, only with `--speedtest1 FILE` (see [`build_speedtest1`]).
+    Speedtest1,
+}
+
+pub(crate) const ALL: [Workload; 7] = [
+    Workload::WriteNormal,
+    Workload::WriteFull,
+    Workload::Batched,
+    Workload::ReadPoint,
+    Workload::Scan,
+    Workload::Churn,
+    Workload::Contention,
+];
+
+/// What a workload's figure must meet.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Target {
+    /// Cost per operation, walguard/unix, at most this.
+    MaxCostRatio(f64),
+    /// Operations in a fixed time, walguard/unix, at least this.
+    MinThroughputRatio(f64),
+    /// Reported, not judged.
+    Info,
+}
+
+impl Target {
+    pub(crate) fn met(self, ratio: f64) -> bool {
+        match self {
+            Target::MaxCostRatio(x) => ratio <= x,
+            Target::MinThroughputRatio(x) => ratio >= x,
+            Target::Info => true,
+        }
+    }
+
+    pub(crate) fn text(self) -> String {
+        match self {
+            Target::MaxCostRatio(x) => format!("<= {x:.2}"),
+            Target::MinThroughputRatio(x) => format!(">= {x:.2}"),
+            Target::Info => "(info)".to_owned(),
+        }
+    }
+}
+
+impl Workload {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Workload::WriteNormal => "write-normal",
+            Workload::WriteFull => "write-full",
+            Workload::Batched => "batched",
+            Workload::ReadPoint => "read-point",
+            Workload::Scan => "scan",
+            Workload::Churn => "churn",
+            Workload::Contention => "contention",
+            Workload::Speedtest1 => "speedtest1",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Workload> {
+        ALL.into_iter()
+            .chain([Workload::Speedtest1])
+            .find(|w| w.name() == s)
+    }
+
+    pub(crate) fn target(self) -> Target {
+        match self {
+            Workload::Churn => Target::MaxCostRatio(1.10),
+            Workload::Contention => Target::MinThroughputRatio(0.98),
+            Workload::Speedtest1 => Target::Info,
+            _ => Target::MaxCostRatio(1.02),
+        }
+    }
+
+    /// What one operation is, for the report.
+    pub(crate) fn unit(self) -> &'static str {
+        match self {
+            Workload::WriteNormal | Workload::WriteFull => "commit",
+            Workload::Batched => "10k-row txn",
+            Workload::ReadPoint => "lookup",
+            Workload::Scan => "scan",
+            Workload::Churn => "cycle",
+            Workload::Contention => "commit",
+            Workload::Speedtest1 => "run",
+        }
+    }
+
+    pub(crate) fn reads_shared_db(self) -> bool {
+        matches!(self, Workload::ReadPoint | Workload::Scan)
+    }
+}
+
+/// How much each workload does per VFS per round.
+#[derive(Clone, Debug)]
+pub(crate) struct Sizes {
+    pub(crate) rounds: usize,
+    pub(crate) warmup: bool,
+    pub(crate) write_normal: u64,
+    pub(crate) write_full: u64,
+    pub(crate) batched_txns: u64,
+    pub(crate) read_db_bytes: u64,
+    pub(crate) lookups: u64,
+    pub(crate) scans: u64,
+    pub(crate) churn: u64,
+    pub(crate) contend_procs: usize,
+    pub(crate) contend_ms: u64,
+    pub(crate) audit_txns: u64,
+    pub(crate) speedtest1_size: u64,
+}
+
+impl Sizes {
+    pub(crate) fn full() -> Sizes {
+        Sizes {
+            rounds: 9,
+            warmup: true,
+            write_normal: 30_000,
+            write_full: 1_500,
+            batched_txns: 40,
+            read_db_bytes: 100 << 20,
+            lookups: 100_000,
+            scans: 5,
+            churn: 1_000,
+            contend_procs: 8,
+            contend_ms: 2_000,
+            audit_txns: 1_000,
+            speedtest1_size: 20,
+        }
+    }
+
+    pub(crate) fn quick() -> Sizes {
+        Sizes {
+            rounds: 3,
+            warmup: false,
+            write_normal: 200,
+            write_full: 20,
+            batched_txns: 1,
+            read_db_bytes: 4 << 20,
+            lookups: 2_000,
+            scans: 1,
+            churn: 50,
+            contend_procs: 8,
+            contend_ms: 300,
+            audit_txns: 200,
+            speedtest1_size: 2,
+        }
+    }
+
+    pub(crate) fn ops(&self, w: Workload) -> u64 {
+        match w {
+            Workload::WriteNormal => self.write_normal,
+            Workload::WriteFull => self.write_full,
+            Workload::Batched => self.batched_txns,
+            Workload::ReadPoint => self.lookups,
+            Workload::Scan => self.scans,
+            Workload::Churn => self.churn,
+            Workload::Contention => 0, // counted, not fixed
+            Workload::Speedtest1 => 1,
+        }
+    }
+}
+
+/// One VFS's run of one workload in one round.
+pub(crate) fn run_once(env: &Env, w: Workload, vfs: Vfs, round: usize) -> Result<Sample, String> {
+    match w {
+        Workload::WriteNormal | Workload::WriteFull => {
+            write::single_row_commits(env, w, vfs, round)
+        }
+        Workload::Batched => write::batched(env, vfs, round),
+        Workload::ReadPoint => read::point(env, vfs, round),
+        Workload::Scan => read::scan(env, vfs),
+        Workload::Churn => churn::churn(env, vfs, round),
+        Workload::Contention => contention::contention(env, vfs, round),
+        Workload::Speedtest1 => speedtest1::run(env, vfs, round),
+    }
+}
+
+pub(crate) struct WorkloadResult {
+    pub(crate) w: Workload,
+    pub(crate) rounds: Vec<(Sample, Sample)>,
+    pub(crate) ratios: Vec<f64>,
+    pub(crate) cpu_ratios: Vec<f64>,
+}
+
+impl WorkloadResult {
+    pub(crate) fn ratio(&self) -> f64 {
+        median(&self.ratios)
+    }
+
+    pub(crate) fn cpu_ratio(&self) -> f64 {
+        median(&self.cpu_ratios)
+    }
+
+    pub(crate) fn pass(&self) -> bool {
+        self.w.target().met(self.ratio())
+    }
+
+    /// Median cost per op (or commits per second for contention) of one VFS.
+    pub(crate) fn figure(&self, which: usize) -> f64 {
+        let v: Vec<f64> = self
+            .rounds
+            .iter()
+            .map(|r| {
+                let s = if which == 0 { &r.0 } else { &r.1 };
+                if self.w == Workload::Contention {
+                    s.ops as f64 / s.wall.as_secs_f64()
+                } else {
+                    s.wall_per_op()
+                }
+            })
+            .collect();
+        median(&v)
+    }
+
+    pub(crate) fn figure_text(&self, which: usize) -> String {
+        let f = self.figure(which);
+        if self.w == Workload::Contention {
+            format!("{f:.0} commits/s")
+        } else {
+            format!("{}/{}", fmt_secs(f), self.w.unit())
+        }
+    }
+}
+
+pub(crate) fn ratio_of(w: Workload, unix: &Sample, wg: &Sample) -> (f64, f64) {
+    if w == Workload::Contention {
+        // throughput walguard/unix; CPU per commit walguard/unix
+        (
+            wg.ops as f64 / unix.ops.max(1) as f64,
+            wg.cpu_per_op() / unix.cpu_per_op(),
+        )
+    } else {
+        (
+            wg.wall_per_op() / unix.wall_per_op(),
+            wg.cpu_per_op() / unix.cpu_per_op(),
+        )
+    }
+}
+
+pub(crate) fn run_workload(env: &Env, w: Workload) -> Result<WorkloadResult, String> {
+    if env.sizes.warmup {
+        for vfs in VFSS {
+            run_once(env, w, vfs, 999)?;
+        }
+    }
+    let mut res = WorkloadResult {
+        w,
+        rounds: Vec::new(),
+        ratios: Vec::new(),
+        cpu_ratios: Vec::new(),
+    };
+    for r in 0..env.sizes.rounds {
+        let order = if r % 2 == 0 {
+            [Vfs::Unix, Vfs::Walguard]
+        } else {
+            [Vfs::Walguard, Vfs::Unix]
+        };
+        let mut unix = Sample::default();
+        let mut wg = Sample::default();
+        for vfs in order {
+            let s = run_once(env, w, vfs, r)?;
+            if vfs == Vfs::Unix {
+                unix = s;
+            } else {
+                wg = s;
+            }
+        }
+        let (ratio, cpu) = ratio_of(w, &unix, &wg);
+        res.ratios.push(ratio);
+        res.cpu_ratios.push(cpu);
+        res.rounds.push((unix, wg));
+    }
+    Ok(res)
+}
