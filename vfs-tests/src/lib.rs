@@ -63,3 +63,6 @@ pub fn json_string(s: &str) -> String {
     out.push('"');
     out
 }
+
+/// Helpers of the defect regression tests (issue 10).
+pub mod defects;
