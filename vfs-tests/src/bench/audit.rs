@@ -16,7 +16,7 @@ use crate::bench::{recheck_arg, Env, VFSS};
 use crate::worker::Vfs;
 
 /// Marker prefix the audit child writes to /dev/null between phases.
-const MARK: &str = "WGBENCH-PHASE ";
+pub(crate) const MARK: &str = "WGBENCH-PHASE ";
 
 pub(crate) fn mark(devnull: &mut fs::File, phase: &str) {
     let _ = devnull.write_all(format!("{MARK}{phase}").as_bytes());

@@ -1,4 +1,4 @@
-//! `vfs-tests bench-child contend|audit ...`: the hidden child modes `bench` re-executes
+//! `vfs-tests bench-child contend|audit|steady ...`: the hidden child modes `bench` re-executes
 //! this binary in.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use crate::bench::workloads::contention::contend;
 use crate::bench::{register, READ_RECHECK_MS};
 use crate::worker::Vfs;
 
-/// `vfs-tests bench-child contend|audit ...` (hidden; re-executed by `bench`).
+/// `vfs-tests bench-child contend|audit|steady ...` (hidden; re-executed by `bench`).
 pub fn child_main(args: &[String]) -> ExitCode {
     match child(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -25,7 +25,7 @@ pub fn child_main(args: &[String]) -> ExitCode {
 pub(crate) fn child(args: &[String]) -> Result<(), String> {
     let (what, rest) = args
         .split_first()
-        .ok_or("bench-child needs a mode: contend or audit")?;
+        .ok_or("bench-child needs a mode: contend, audit or steady")?;
     let mut kv = BTreeMap::new();
     let mut it = rest.iter();
     while let Some(k) = it.next() {
@@ -60,6 +60,7 @@ pub(crate) fn child(args: &[String]) -> Result<(), String> {
     match what.as_str() {
         "contend" => contend(vfs, &db, num("start-at-ms")?, num("ms")?, num("id")?),
         "audit" => audit_child(vfs, &db, &get("mode")?, num("n")?, num("rows")?),
+        "steady" => crate::bench::steady::child(vfs, &db, num("n")?, num("rows")?),
         other => Err(format!("unknown bench-child mode {other:?}")),
     }
 }

@@ -47,6 +47,7 @@ pub(crate) mod db;
 pub(crate) mod measure;
 pub(crate) mod options;
 pub(crate) mod report;
+pub mod steady;
 pub(crate) mod workloads;
 
 use std::fs;
