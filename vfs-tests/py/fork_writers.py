@@ -35,16 +35,33 @@ Then clean_reps=C and reps=N.
 Standard library only.
 """
 
+import ctypes
 import json
 import os
+import signal
 import sqlite3
 import sys
 
 BUSY_SECONDS = 20
 
 
+PR_SET_PDEATHSIG = 1
+LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def die_with_parent(parent):
+    """In a fresh child: be killed when the parent dies (the setting is not inherited), so
+    that a test killing a hung run leaves nothing behind."""
+    if LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != parent:
+        os._exit(97)
+
+
 def connect(target):
-    return sqlite3.connect(target, isolation_level=None, timeout=BUSY_SECONDS)
+    conn = sqlite3.connect(target, isolation_level=None, timeout=BUSY_SECONDS)
+    # What WAL applications use; nothing here simulates a power loss, and it keeps the
+    # test from timing the disk's fsync.
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
 
 
 def one_line(s):
@@ -82,8 +99,9 @@ def leave(code):
     os._exit(code)
 
 
-def grandchild(db, rows, inherited):
+def grandchild(db, rows, inherited, parent):
     who = "grandchild"
+    die_with_parent(parent)
     try:
         for c in inherited:
             c.close()
@@ -96,8 +114,9 @@ def grandchild(db, rows, inherited):
     leave(0 if err is None else 1)
 
 
-def child(idx, db, rows, inherited):
+def child(idx, db, rows, inherited, parent):
     who = f"child{idx}"
+    die_with_parent(parent)
     acked, err, gpid = 0, None, None
     try:
         if idx % 2 == 1:
@@ -107,9 +126,10 @@ def child(idx, db, rows, inherited):
         half = rows // 2 if idx == 1 else rows
         acked, err = insert_rows(conn, who, 0, half)
         if idx == 1 and err is None:
+            me = os.getpid()
             gpid = os.fork()
             if gpid == 0:
-                grandchild(db, rows, [conn])
+                grandchild(db, rows, [conn], me)
             more, err = insert_rows(conn, who, half, rows - half)
             acked += more
         conn.close()
@@ -161,10 +181,11 @@ def rep(n, mode, children, rows):
             raise SystemExit(f"walguard_stats() says db_opened={opened}: not through walguard")
 
     pids = {}
+    me = os.getpid()
     for i in range(children):
         pid = os.fork()
         if pid == 0:
-            child(i, db, rows, [idle, reader])
+            child(i, db, rows, [idle, reader], me)
         pids[pid] = i
     failed, errors = 0, []
     for pid, i in pids.items():

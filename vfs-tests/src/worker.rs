@@ -45,6 +45,10 @@
 //! | `exit` | `ok`, closes the connection and exits 0 |
 //!
 //! End of input closes the connection and exits.
+//!
+//! ## `vfs-tests worker fork-writers --vfs V --dir DIR [--children N] [--rows N] [--reps N]`
+//! A different mode: forked writers with `libc::fork` (the Rust twin of
+//! `vfs-tests/py/fork_writers.py`), see [`fork_writers_main`]. Used by `tests/fork.rs`.
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Write};
@@ -502,6 +506,9 @@ impl Server {
 
 /// Entry point of `vfs-tests worker ARGS...`.
 pub fn main(args: &[String]) -> ExitCode {
+    if args.first().map(String::as_str) == Some("fork-writers") {
+        return fork_writers_main(&args[1..]);
+    }
     let cfg = match parse_args(args) {
         Ok(c) => c,
         Err(e) => {
@@ -560,6 +567,422 @@ pub fn main(args: &[String]) -> ExitCode {
         }
     }
     server.shutdown();
+    ExitCode::SUCCESS
+}
+
+// ---------------------------------------------------------------------------------
+// `vfs-tests worker fork-writers`: forked writers, the Rust twin of
+// `vfs-tests/py/fork_writers.py`.
+// ---------------------------------------------------------------------------------
+
+const FORK_WRITERS_USAGE: &str = "usage: vfs-tests worker fork-writers --vfs unix|walguard \
+     --dir DIR [--children N] [--rows N] [--reps N]";
+
+/// Busy timeout of every connection of `fork-writers`.
+const FORK_BUSY: Duration = Duration::from_secs(20);
+
+struct ForkConfig {
+    vfs: Vfs,
+    dir: PathBuf,
+    children: usize,
+    rows: u64,
+    reps: usize,
+}
+
+fn parse_fork_args(args: &[String]) -> Result<ForkConfig, String> {
+    let mut cfg = ForkConfig {
+        vfs: Vfs::Unix,
+        dir: PathBuf::new(),
+        children: 4,
+        rows: 1000,
+        reps: 1,
+    };
+    let (mut vfs, mut dir) = (None, None);
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let v = it
+            .next()
+            .ok_or_else(|| format!("{arg} needs a value; {FORK_WRITERS_USAGE}"))?;
+        let num = |v: &str| -> Result<u64, String> {
+            v.parse()
+                .map_err(|_| format!("{arg}: expected a number, got {v:?}"))
+        };
+        match arg.as_str() {
+            "--vfs" => vfs = Some(Vfs::parse(v).ok_or_else(|| format!("unknown VFS {v:?}"))?),
+            "--dir" => dir = Some(PathBuf::from(v)),
+            "--children" => cfg.children = num(v)?.clamp(1, 64) as usize,
+            "--rows" => cfg.rows = num(v)?.max(2),
+            "--reps" => cfg.reps = num(v)?.clamp(1, 1000) as usize,
+            other => return Err(format!("unknown argument {other:?}; {FORK_WRITERS_USAGE}")),
+        }
+    }
+    cfg.vfs = vfs.ok_or(FORK_WRITERS_USAGE)?;
+    cfg.dir = dir.ok_or(FORK_WRITERS_USAGE)?;
+    Ok(cfg)
+}
+
+/// Threads of this process (`/proc/self/task`); `fork` is only done single-threaded.
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
+}
+
+fn fork_open(db: &Path, vfs: Vfs) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
+    let c = Connection::open_with_flags_and_vfs(db, flags, vfs.name())?;
+    c.busy_timeout(FORK_BUSY)?;
+    // What WAL applications use; nothing here simulates a power loss.
+    c.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(c)
+}
+
+/// Inserts rows `(who, first..first+count)`, one transaction each. Returns how many
+/// were acknowledged and the first error (it stops there, as a real worker would).
+fn fork_insert(conn: &Connection, who: &str, first: u64, count: u64) -> (u64, Option<String>) {
+    let mut acked = 0;
+    for n in first..first + count {
+        let r = conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .and_then(|()| {
+                conn.execute(
+                    "INSERT INTO t(who, n) VALUES (?1, ?2)",
+                    rusqlite::params![who, n as i64],
+                )
+            })
+            .and_then(|_| conn.execute_batch("COMMIT"));
+        match r {
+            Ok(()) => acked += 1,
+            Err(e) => {
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                let (code, msg) = error_code(&e);
+                return (
+                    acked,
+                    Some(one_line(&format!("{who} row {n}: code {code}: {msg}"))),
+                );
+            }
+        }
+    }
+    (acked, None)
+}
+
+/// After `fork()` in a child: die with the parent (the setting is not inherited), so
+/// that a killed test leaves nothing behind.
+fn die_with_parent(parent: libc::pid_t) {
+    // SAFETY: prctl and getppid take plain integers; _exit ends the process at once.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent {
+            libc::_exit(97);
+        }
+    }
+}
+
+/// `fork()`; in the child, runs `body` and leaves through `_exit` (no destructor runs:
+/// nothing is closed behind the test's back). Returns the child's pid in the parent.
+fn fork_child(body: impl FnOnce() -> i32) -> Result<libc::pid_t, String> {
+    let _ = io::stdout().flush();
+    let _ = io::stderr().flush();
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: fork in a single-threaded process (checked by the caller); the child only
+    // runs `body` and then _exit.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(format!("fork: {}", io::Error::last_os_error())),
+        0 => {
+            die_with_parent(parent);
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or(101);
+            // SAFETY: leaves the child without running destructors or atexit handlers.
+            unsafe { libc::_exit(code) }
+        }
+        pid => Ok(pid),
+    }
+}
+
+/// Waits for `pid`; the raw wait status, or -1.
+fn wait_pid(pid: libc::pid_t) -> i32 {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc == pid {
+            return status;
+        }
+        if rc == -1 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return -1;
+        }
+    }
+}
+
+fn write_result(dir: &Path, who: &str, acked: u64, err: &Option<String>) {
+    let text = format!("{acked}\n{}\n", err.as_deref().unwrap_or("-"));
+    let _ = std::fs::write(dir.join(format!("{who}.result")), text);
+}
+
+fn read_result(dir: &Path, who: &str) -> Result<(u64, Option<String>), String> {
+    let path = dir.join(format!("{who}.result"));
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{who}: no result ({e})"))?;
+    let mut lines = text.lines();
+    let acked = lines
+        .next()
+        .and_then(|l| l.parse().ok())
+        .ok_or_else(|| format!("{who}: bad result {text:?}"))?;
+    let err = lines.next().filter(|l| *l != "-").map(str::to_owned);
+    Ok((acked, err))
+}
+
+/// The grandchild: closes every connection it inherited, writes `rows` rows through
+/// its own.
+fn fork_grandchild(db: &Path, vfs: Vfs, rows: u64, inherited: &mut [Option<Connection>]) -> i32 {
+    let who = "grandchild";
+    for c in inherited.iter_mut() {
+        if let Some(c) = c.take() {
+            let _ = c.close();
+        }
+    }
+    let (acked, err) = match fork_open(db, vfs) {
+        Ok(conn) => {
+            let r = fork_insert(&conn, who, 0, rows);
+            let _ = conn.close();
+            r
+        }
+        Err(e) => (0, Some(format!("{who}: open: {e}"))),
+    };
+    write_result(db.parent().unwrap_or(Path::new(".")), who, acked, &err);
+    i32::from(err.is_some())
+}
+
+/// Child `idx`: odd children close the connections they inherited first, even ones leave
+/// them untouched (never used, never closed: `_exit` skips their destructors). Child 1
+/// forks the grandchild half-way through.
+fn fork_child_body(
+    idx: usize,
+    db: &Path,
+    vfs: Vfs,
+    rows: u64,
+    inherited: &mut [Option<Connection>],
+) -> i32 {
+    let who = format!("child{idx}");
+    let dir = db.parent().unwrap_or(Path::new(".")).to_path_buf();
+    if idx % 2 == 1 {
+        for c in inherited.iter_mut() {
+            if let Some(c) = c.take() {
+                let _ = c.close();
+            }
+        }
+    }
+    let mut grandchild = None;
+    let (acked, mut err) = match fork_open(db, vfs) {
+        Ok(conn) => {
+            let half = if idx == 1 { rows / 2 } else { rows };
+            let (mut acked, mut err) = fork_insert(&conn, &who, 0, half);
+            if idx == 1 && err.is_none() {
+                let mut mine = [Some(conn)];
+                match fork_child(|| fork_grandchild(db, vfs, rows, &mut mine)) {
+                    Ok(pid) => grandchild = Some(pid),
+                    Err(e) => err = Some(format!("{who}: {e}")),
+                }
+                if let Some(conn) = mine[0].take() {
+                    if err.is_none() {
+                        let (more, e) = fork_insert(&conn, &who, half, rows - half);
+                        acked += more;
+                        err = e;
+                    }
+                    let _ = conn.close();
+                }
+            } else {
+                let _ = conn.close();
+            }
+            (acked, err)
+        }
+        Err(e) => (0, Some(format!("{who}: open: {e}"))),
+    };
+    if let Some(pid) = grandchild {
+        let status = wait_pid(pid);
+        if status != 0 && err.is_none() {
+            err = Some(format!("{who}: grandchild wait status {status:#x}"));
+        }
+    }
+    write_result(&dir, &who, acked, &err);
+    i32::from(err.is_some())
+}
+
+fn integrity(conn: &Connection) -> String {
+    let rows = conn.prepare("PRAGMA integrity_check").and_then(|mut st| {
+        st.query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()
+    });
+    match rows {
+        Ok(r) if r == ["ok"] => "ok".to_owned(),
+        Ok(r) => one_line(&r.join("; ")).chars().take(300).collect(),
+        Err(e) => one_line(&e.to_string()),
+    }
+}
+
+/// One repetition; prints its line and returns whether it was clean.
+fn fork_rep(n: usize, cfg: &ForkConfig) -> Result<bool, String> {
+    let d = cfg.dir.join(format!("rep{n}"));
+    std::fs::create_dir(&d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
+    let db = d.join("app.db");
+    let ctx = |what: &str, e: rusqlite::Error| format!("{}: {what}: {e}", db.display());
+    {
+        let c = fork_open(&db, cfg.vfs).map_err(|e| ctx("open", e))?;
+        let mode: String = c
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(|e| ctx("journal_mode", e))?;
+        if mode != "wal" {
+            return Err(format!("{}: journal_mode is {mode:?}", db.display()));
+        }
+        c.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, who TEXT NOT NULL, n INTEGER NOT NULL)",
+        )
+        .map_err(|e| ctx("create table", e))?;
+        c.close().map_err(|(_, e)| ctx("close", e))?;
+    }
+    let idle = fork_open(&db, cfg.vfs).map_err(|e| ctx("open idle", e))?;
+    let reader = fork_open(&db, cfg.vfs).map_err(|e| ctx("open reader", e))?;
+    reader
+        .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+        .map_err(|e| ctx("first read", e))?;
+    if cfg.vfs == Vfs::Walguard && walguard::stats().db_opened < 1 {
+        return Err("walguard::stats() says db_opened=0: not through walguard".to_owned());
+    }
+    let threads = thread_count();
+    if threads != 1 {
+        return Err(format!(
+            "{threads} threads: fork-writers forks only single-threaded"
+        ));
+    }
+
+    let mut inherited = [Some(idle), Some(reader)];
+    let mut pids = Vec::new();
+    for i in 0..cfg.children {
+        let pid = fork_child(|| fork_child_body(i, &db, cfg.vfs, cfg.rows, &mut inherited))?;
+        pids.push(pid);
+    }
+    let mut failed = 0;
+    for pid in pids {
+        if wait_pid(pid) != 0 {
+            failed += 1;
+        }
+    }
+    let mut who_all: Vec<String> = (0..cfg.children).map(|i| format!("child{i}")).collect();
+    if cfg.children > 1 {
+        who_all.push("grandchild".to_owned());
+    }
+    let mut acked = 0;
+    let mut errors = Vec::new();
+    for who in &who_all {
+        match read_result(&d, who) {
+            Ok((a, e)) => {
+                acked += a;
+                errors.extend(e);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    let [Some(idle), Some(reader)] = inherited else {
+        return Err("the parent lost its connections".to_owned());
+    };
+    let mut parent_acked = 0;
+    for (c, label) in [(&idle, "parent-idle"), (&reader, "parent-reader")] {
+        let (a, e) = fork_insert(c, label, 0, 1);
+        parent_acked += a;
+        errors.extend(e);
+    }
+    let (count, mut check) =
+        match reader.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0)) {
+            Ok(c) => (c, integrity(&reader)),
+            Err(e) => (-1, one_line(&e.to_string())),
+        };
+    let fresh = match fork_open(&db, cfg.vfs) {
+        Ok(f) => {
+            let r = integrity(&f);
+            let _ = f.close();
+            r
+        }
+        Err(e) => one_line(&e.to_string()),
+    };
+    if fresh != "ok" && check == "ok" {
+        check = format!("fresh connection: {fresh}");
+    }
+    let deleted = crate::disrupt::own_deleted_sidecars(&db);
+    let expected = acked + parent_acked;
+    let intended = cfg.rows * who_all.len() as u64 + 2;
+    let _ = idle.close();
+    let _ = reader.close();
+    let clean = failed == 0
+        && errors.is_empty()
+        && expected == intended
+        && count == expected as i64
+        && check == "ok"
+        && deleted.is_empty();
+    let lost = if count >= 0 {
+        expected.saturating_sub(count as u64)
+    } else {
+        expected
+    };
+    let mut shown: Vec<String> = errors.iter().take(4).cloned().collect();
+    shown.extend(deleted.iter().take(2).map(|d| d.to_string()));
+    let errs = if shown.is_empty() {
+        "-".to_owned()
+    } else {
+        shown.join(" | ")
+    };
+    println!(
+        "rep={n} clean={} rows={count} expected={expected} intended={intended} lost={lost} \
+         integrity={} deleted={} failed={failed} errors={errs}",
+        u8::from(clean),
+        check.replace(' ', "_"),
+        deleted.len()
+    );
+    Ok(clean)
+}
+
+/// Entry point of `vfs-tests worker fork-writers ARGS...`: the pattern of a pre-forking
+/// server (gunicorn `--preload`, Celery prefork) with `libc::fork`. Each repetition (in
+/// `DIR/repN/app.db`): the parent opens the database in WAL mode, keeps an idle
+/// connection and one that has read, forks `--children` children; odd children close
+/// the two inherited connections first, even ones leave them untouched; every child
+/// inserts `--rows` rows (one transaction each) through a connection of its own; child
+/// 1 forks a grandchild half-way that closes what it inherited and inserts `--rows` rows
+/// too. Children leave through `_exit`. Then the parent commits one row through each of
+/// its connections and checks row count, `integrity_check` (held and fresh connection)
+/// and its own descriptors on deleted `-wal`/`-shm`. Output, one line per repetition:
+/// `rep=N clean=1|0 rows=R expected=E intended=I lost=L integrity=ok|... deleted=K
+/// failed=F errors=...`, then `clean_reps=C` and `reps=N`. walguard is registered with
+/// `walguard::register` (not as the default) and opened by name.
+pub fn fork_writers_main(args: &[String]) -> ExitCode {
+    let cfg = match parse_fork_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vfs-tests worker fork-writers: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = cfg.vfs.prepare() {
+        eprintln!("vfs-tests worker fork-writers: cannot register walguard: {e}");
+        return ExitCode::from(2);
+    }
+    println!(
+        "mode={} sqlite={} pid={}",
+        cfg.vfs,
+        rusqlite::version(),
+        std::process::id()
+    );
+    let mut clean = 0;
+    for n in 0..cfg.reps {
+        match fork_rep(n, &cfg) {
+            Ok(true) => clean += 1,
+            Ok(false) => {}
+            Err(e) => {
+                eprintln!("vfs-tests worker fork-writers: repetition {n}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    println!("clean_reps={clean}");
+    println!("reps={}", cfg.reps);
     ExitCode::SUCCESS
 }
 
