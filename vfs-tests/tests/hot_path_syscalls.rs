@@ -64,7 +64,7 @@ fn steady_state_adds_no_system_call_to_reads_and_at_most_the_write_mirror_to_wri
         "system calls per phase (steady state: connection open, sidecars unchanged):\n",
     );
     for p in PHASES {
-        report.push_str(&steady::phase_table(&unix, &wg, p, N));
+        report.push_str(&steady::phase_table(&unix, &wg, ["unix", "walguard"], p, N));
     }
 
     // The baseline shows that the measurement measures something.

@@ -12,7 +12,7 @@ use rusqlite::params;
 
 use crate::bench::db::{create_db, ctx, open, remove_db, set_sync};
 use crate::bench::measure::{payload, Rng};
-use crate::bench::{recheck_arg, Env, VFSS};
+use crate::bench::{recheck_arg, steady, Env};
 use crate::worker::Vfs;
 
 /// Marker prefix the audit child writes to /dev/null between phases.
@@ -125,19 +125,35 @@ pub(crate) fn parse_strace(text: &str) -> Counts {
     counts
 }
 
+/// A system call whose count differs between the two sides in one phase.
 pub(crate) struct AuditRow {
     pub(crate) mode: &'static str,
     pub(crate) phase: &'static str,
     pub(crate) syscall: String,
-    pub(crate) unix: f64,
-    pub(crate) walguard: f64,
+    /// Baseline (unix, or REF with `--compare`): per transaction in the `txn` phase.
+    pub(crate) base: f64,
+    /// Candidate (walguard, or the current build).
+    pub(crate) cand: f64,
+}
+
+/// Every count of one phase of one mode, both sides (for the JSON).
+pub(crate) struct AuditPhase {
+    pub(crate) mode: &'static str,
+    pub(crate) phase: &'static str,
+    /// Transactions in this phase (`txn`), 0 elsewhere.
+    pub(crate) transactions: u64,
+    pub(crate) base: BTreeMap<String, u64>,
+    pub(crate) cand: BTreeMap<String, u64>,
 }
 
 pub(crate) struct AuditResult {
     pub(crate) rows: Vec<AuditRow>,
-    /// (mode, check, pass, detail)
+    pub(crate) phases: Vec<AuditPhase>,
+    /// (check, pass, detail)
     pub(crate) checks: Vec<(String, bool, String)>,
     pub(crate) txns: u64,
+    /// The steady-state trace (see `steady`): both sides and its transaction count.
+    pub(crate) steady: Option<(steady::Trace, steady::Trace, u64)>,
 }
 
 pub(crate) fn strace_path() -> Option<PathBuf> {
@@ -147,16 +163,22 @@ pub(crate) fn strace_path() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
+/// Rows of the steady-state trace's database (~3 MB; the child caches 8 pages).
+const STEADY_ROWS: u64 = 25_000;
+
 pub(crate) fn audit(env: &Env) -> Result<AuditResult, String> {
     let strace = strace_path().ok_or(
         "strace is not installed (scripts/setup installs it): cannot run the syscall audit",
     )?;
     let n = env.sizes.audit_txns;
+    let [b, c] = [&env.sides[0].label, &env.sides[1].label];
     let mut rows = Vec::new();
+    let mut phases = Vec::new();
     let mut checks = Vec::new();
     for mode in ["read", "write"] {
-        let mut per_vfs = Vec::new();
-        for vfs in VFSS {
+        let mut per_side = Vec::new();
+        for side in &env.sides {
+            let vfs = side.vfs;
             let (db, nrows) = if mode == "read" {
                 let (p, r) = env
                     .read_db
@@ -164,15 +186,15 @@ pub(crate) fn audit(env: &Env) -> Result<AuditResult, String> {
                     .ok_or("internal: the read database was not created")?;
                 (p.clone(), *r)
             } else {
-                let p = env.dir.join(format!("audit-write-{vfs}.db"));
+                let p = env.dir.join(format!("audit-write-{}.db", side.key));
                 create_db(vfs, &p, 0)?;
                 (p, 0)
             };
-            let log = env.dir.join(format!("audit-{mode}-{vfs}.strace"));
+            let log = env.dir.join(format!("audit-{mode}-{}.strace", side.key));
             let out = Command::new(&strace)
                 .args(["-f", "-qq", "-o"])
                 .arg(&log)
-                .arg(&env.exe)
+                .arg(side.binary(env))
                 .args(["bench-child", "audit", "--vfs", vfs.name(), "--db"])
                 .arg(&db)
                 .args(["--mode", mode, "--n", &n.to_string(), "--rows"])
@@ -183,7 +205,8 @@ pub(crate) fn audit(env: &Env) -> Result<AuditResult, String> {
                 .map_err(|e| format!("cannot run {}: {e}", strace.display()))?;
             if !out.status.success() {
                 return Err(format!(
-                    "strace of the {mode} audit child ({vfs}) failed ({}): {}{}",
+                    "strace of the {mode} audit child ({}) failed ({}): {}{}",
+                    side.label,
                     out.status,
                     String::from_utf8_lossy(&out.stdout).trim(),
                     String::from_utf8_lossy(&out.stderr).trim()
@@ -198,12 +221,12 @@ pub(crate) fn audit(env: &Env) -> Result<AuditResult, String> {
                     log.display()
                 ));
             }
-            per_vfs.push(counts);
+            per_side.push(counts);
             if mode == "write" {
                 remove_db(&db);
             }
         }
-        let (u, g) = (&per_vfs[0], &per_vfs[1]);
+        let (u, g) = (&per_side[0], &per_side[1]);
         let empty = BTreeMap::new();
         for phase in PHASES {
             let (pu, pg) = (
@@ -220,11 +243,18 @@ pub(crate) fn audit(env: &Env) -> Result<AuditResult, String> {
                         mode: if mode == "read" { "read" } else { "write" },
                         phase,
                         syscall: name.clone(),
-                        unix: cu as f64 / div,
-                        walguard: cg as f64 / div,
+                        base: cu as f64 / div,
+                        cand: cg as f64 / div,
                     });
                 }
             }
+            phases.push(AuditPhase {
+                mode: if mode == "read" { "read" } else { "write" },
+                phase,
+                transactions: if phase == "txn" { n } else { 0 },
+                base: pu.clone(),
+                cand: pg.clone(),
+            });
         }
         let txn_u = u.get("txn").unwrap_or(&empty);
         let txn_g = g.get("txn").unwrap_or(&empty);
@@ -241,7 +271,7 @@ pub(crate) fn audit(env: &Env) -> Result<AuditResult, String> {
             format!("{mode}: no extra system call per page {mode} ({io} in the transaction phase)"),
             cu == cg && cu > 0,
             format!(
-                "unix {cu} ({:.2}/txn), walguard {cg} ({:.2}/txn){}",
+                "{b} {cu} ({:.2}/txn), {c} {cg} ({:.2}/txn){}",
                 cu as f64 / n as f64,
                 cg as f64 / n as f64,
                 if cu == 0 {
@@ -251,25 +281,49 @@ pub(crate) fn audit(env: &Env) -> Result<AuditResult, String> {
                 }
             ),
         ));
-        // Any other call whose count grows with the pages touched would show up as a
-        // non-integral per-transaction difference; list the integral ones by name.
         let total_u: u64 = txn_u.values().sum();
         let total_g: u64 = txn_g.values().sum();
         checks.push((
             format!("{mode}: extra system calls per transaction, total"),
             true,
             format!(
-                "unix {:.2}/txn, walguard {:.2}/txn, extra {:+.2}/txn",
+                "{b} {:.2}/txn, {c} {:.2}/txn, extra {:+.2}/txn",
                 total_u as f64 / n as f64,
                 total_g as f64 / n as f64,
                 (total_g as f64 - total_u as f64) / n as f64
             ),
         ));
     }
+    // The steady state: one open connection, read, write and mmap-read transactions.
+    let base_db = env.dir.join("steady-base.db");
+    steady::prepare_db(&base_db, STEADY_ROWS)?;
+    let mut traces = Vec::new();
+    for side in &env.sides {
+        let db = env.dir.join(format!("steady-{}.db", side.key));
+        fs::copy(&base_db, &db).map_err(|e| format!("cannot copy {}: {e}", base_db.display()))?;
+        let log = env.dir.join(format!("steady-{}.strace", side.key));
+        let ms = crate::bench::READ_RECHECK_MS.load(std::sync::atomic::Ordering::Relaxed);
+        traces.push(steady::trace(
+            side.binary(env),
+            side.vfs,
+            &db,
+            STEADY_ROWS,
+            n,
+            true,
+            &log,
+            ms,
+        )?);
+        steady::remove(&db);
+    }
+    steady::remove(&base_db);
+    let cand = traces.pop().ok_or("internal: no steady-state trace")?;
+    let base = traces.pop().ok_or("internal: no steady-state trace")?;
     Ok(AuditResult {
         rows,
+        phases,
         checks,
         txns: n,
+        steady: Some((base, cand, n)),
     })
 }
 

@@ -1,4 +1,4 @@
-//! `vfs-tests bench-child contend|audit|steady ...`: the hidden child modes `bench` re-executes
+//! `vfs-tests bench-child contend|audit|steady|run ...`: the hidden child modes `bench` re-executes
 //! this binary in.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use crate::bench::workloads::contention::contend;
 use crate::bench::{register, READ_RECHECK_MS};
 use crate::worker::Vfs;
 
-/// `vfs-tests bench-child contend|audit|steady ...` (hidden; re-executed by `bench`).
+/// `vfs-tests bench-child contend|audit|steady|run ...` (hidden; re-executed by `bench`).
 pub fn child_main(args: &[String]) -> ExitCode {
     match child(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -25,7 +25,7 @@ pub fn child_main(args: &[String]) -> ExitCode {
 pub(crate) fn child(args: &[String]) -> Result<(), String> {
     let (what, rest) = args
         .split_first()
-        .ok_or("bench-child needs a mode: contend, audit or steady")?;
+        .ok_or("bench-child needs a mode: contend, audit, steady or run")?;
     let mut kv = BTreeMap::new();
     let mut it = rest.iter();
     while let Some(k) = it.next() {
@@ -49,7 +49,7 @@ pub(crate) fn child(args: &[String]) -> Result<(), String> {
     };
     let vfs_name = get("vfs")?;
     let vfs = Vfs::parse(&vfs_name).ok_or_else(|| format!("unknown VFS {vfs_name:?}"))?;
-    let db = PathBuf::from(get("db")?);
+    let db = || get("db").map(PathBuf::from);
     if let Some(v) = kv.get("read-recheck-ms") {
         let ms = v
             .parse()
@@ -58,9 +58,21 @@ pub(crate) fn child(args: &[String]) -> Result<(), String> {
     }
     register()?;
     match what.as_str() {
-        "contend" => contend(vfs, &db, num("start-at-ms")?, num("ms")?, num("id")?),
-        "audit" => audit_child(vfs, &db, &get("mode")?, num("n")?, num("rows")?),
-        "steady" => crate::bench::steady::child(vfs, &db, num("n")?, num("rows")?),
+        "contend" => contend(vfs, &db()?, num("start-at-ms")?, num("ms")?, num("id")?),
+        "audit" => audit_child(vfs, &db()?, &get("mode")?, num("n")?, num("rows")?),
+        "steady" => crate::bench::steady::child(vfs, &db()?, num("n")?, num("rows")?),
+        "run" => crate::bench::compare::child_run(
+            vfs,
+            &PathBuf::from(get("dir")?),
+            &get("workload")?,
+            num("round")? as usize,
+            &get("sizes")?,
+            kv.get("read-db").map(PathBuf::from),
+            match kv.get("read-rows") {
+                Some(_) => num("read-rows")?,
+                None => 0,
+            },
+        ),
         other => Err(format!("unknown bench-child mode {other:?}")),
     }
 }

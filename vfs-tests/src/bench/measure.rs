@@ -4,11 +4,34 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::bench::PAYLOAD;
 
+/// One VFS's run of one workload in one round.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Sample {
     pub(crate) ops: u64,
     pub(crate) wall: Duration,
     pub(crate) cpu: Duration,
+    /// SQLITE_BUSY as the contention workload saw it (zero elsewhere).
+    pub(crate) busy: Busy,
+}
+
+/// SQLITE_BUSY counts of the contention workload, summed over its processes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Busy {
+    /// Busy-handler invocations: each is one SQLITE_BUSY SQLite got from a lock and
+    /// waited on (the handler then sleeps 1, 2, 5, ... 100 ms, SQLite's own schedule).
+    pub(crate) handler_calls: u64,
+    /// Milliseconds the busy handler slept in total.
+    pub(crate) slept_ms: u64,
+    /// SQLITE_BUSY returned to the application (the statement failed and was retried).
+    pub(crate) errors: u64,
+}
+
+impl Busy {
+    pub(crate) fn add(&mut self, o: Busy) {
+        self.handler_calls += o.handler_calls;
+        self.slept_ms += o.slept_ms;
+        self.errors += o.errors;
+    }
 }
 
 impl Sample {
@@ -54,7 +77,12 @@ impl Timer {
         let wall = self.wall.elapsed();
         let cpu = cpu_time(libc::RUSAGE_SELF).saturating_sub(self.cpu_self)
             + cpu_time(libc::RUSAGE_CHILDREN).saturating_sub(self.cpu_children);
-        Sample { ops, wall, cpu }
+        Sample {
+            ops,
+            wall,
+            cpu,
+            busy: Busy::default(),
+        }
     }
 }
 

@@ -43,6 +43,7 @@
 
 pub(crate) mod audit;
 pub(crate) mod child;
+pub(crate) mod compare;
 pub(crate) mod db;
 pub(crate) mod measure;
 pub(crate) mod options;
@@ -51,7 +52,7 @@ pub mod steady;
 pub(crate) mod workloads;
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -66,26 +67,71 @@ use workloads::read::{create_read_db, stat_cost};
 use workloads::speedtest1::build_speedtest1;
 use workloads::{run_workload, Sizes, Workload};
 
-pub(crate) const VFSS: [Vfs; 2] = [Vfs::Unix, Vfs::Walguard];
-
 /// Rows of a batched transaction (the issue's "10,000-row transactions").
 pub(crate) const BATCH_ROWS: u64 = 10_000;
 /// Bytes of payload per row in every workload.
 pub(crate) const PAYLOAD: usize = 100;
 
 pub(crate) struct Env {
-    dir: PathBuf,
-    exe: PathBuf,
-    sizes: Sizes,
+    pub(crate) dir: PathBuf,
+    /// This binary.
+    pub(crate) exe: PathBuf,
+    pub(crate) sizes: Sizes,
+    /// `--quick` sizes (passed on to `bench-child run`).
+    pub(crate) quick: bool,
     /// The shared read database and its row count.
-    read_db: Option<(PathBuf, u64)>,
+    pub(crate) read_db: Option<(PathBuf, u64)>,
     /// The built speedtest1 binary and the walguard extension it loads.
-    speedtest1: Option<(PathBuf, PathBuf)>,
+    pub(crate) speedtest1: Option<(PathBuf, PathBuf)>,
+    /// What is compared: `[baseline, candidate]`; every ratio is candidate/baseline.
+    pub(crate) sides: [Side; 2],
 }
 
 impl Env {
     pub(crate) fn db(&self, w: Workload, vfs: Vfs, round: usize) -> PathBuf {
         self.dir.join(format!("{}-{vfs}-{round}.db", w.name()))
+    }
+
+    /// Whether this is a `--compare` run (two builds of walguard, not unix and walguard).
+    pub(crate) fn comparing(&self) -> bool {
+        self.sides[0].key == "ref"
+    }
+}
+
+/// One of the two things a run compares.
+#[derive(Clone, Debug)]
+pub(crate) struct Side {
+    /// Its key in the JSON: `unix`, `walguard`, `ref`, `current`.
+    pub(crate) key: &'static str,
+    /// Its name in the text report.
+    pub(crate) label: String,
+    /// The binary that runs its workloads as `bench-child run`; `None`: this process.
+    pub(crate) exe: Option<PathBuf>,
+    pub(crate) vfs: Vfs,
+}
+
+impl Side {
+    /// The normal bench: unix (baseline) and walguard, both in this process.
+    pub(crate) fn unix_walguard() -> [Side; 2] {
+        [
+            Side {
+                key: "unix",
+                label: "unix".to_owned(),
+                exe: None,
+                vfs: Vfs::Unix,
+            },
+            Side {
+                key: "walguard",
+                label: "walguard".to_owned(),
+                exe: None,
+                vfs: Vfs::Walguard,
+            },
+        ]
+    }
+
+    /// The binary to re-execute for this side (children, strace).
+    pub(crate) fn binary<'a>(&'a self, env: &'a Env) -> &'a Path {
+        self.exe.as_deref().unwrap_or(&env.exe)
     }
 }
 
@@ -123,6 +169,10 @@ pub fn main(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if opts.help {
+        println!("{}", options::usage());
+        return ExitCode::SUCCESS;
+    }
     match run(&opts) {
         Ok(all_pass) => {
             if opts.strict && !all_pass {
@@ -161,14 +211,18 @@ fn run(opts: &Opts) -> Result<bool, String> {
     if let Some(r) = opts.rounds {
         sizes.rounds = r;
     }
-    let mut env = Env {
-        dir: dir.clone(),
-        exe,
-        sizes,
-        read_db: None,
-        speedtest1: None,
-    };
-    let result = run_in(opts, &mut env);
+    let result = compare_sides(opts, &exe, &dir).and_then(|sides| {
+        let mut env = Env {
+            dir: dir.clone(),
+            exe,
+            sizes,
+            quick: opts.quick,
+            read_db: None,
+            speedtest1: None,
+            sides,
+        };
+        run_in(opts, &mut env)
+    });
     if owned && !opts.keep {
         let _ = fs::remove_dir_all(&dir);
     } else {
@@ -177,11 +231,41 @@ fn run(opts: &Opts) -> Result<bool, String> {
     result
 }
 
+/// The sides of this run: unix and walguard, or with `--compare REF` the REF build and
+/// the current one (both walguard, both re-executed as children).
+fn compare_sides(opts: &Opts, exe: &Path, dir: &Path) -> Result<[Side; 2], String> {
+    let Some(reference) = &opts.compare else {
+        return Ok(Side::unix_walguard());
+    };
+    let repo = opts.repo.clone().unwrap_or_else(compare::default_repo);
+    let built = compare::build_ref(reference, &repo, dir)?;
+    note(&format!(
+        "REF {} = {} built as {}",
+        reference,
+        built.sha,
+        built.exe.display()
+    ));
+    Ok([
+        Side {
+            key: "ref",
+            label: built.label,
+            exe: Some(built.exe),
+            vfs: Vfs::Walguard,
+        },
+        Side {
+            key: "current",
+            label: format!("current ({})", compare::describe_current(&repo)),
+            exe: Some(exe.to_path_buf()),
+            vfs: Vfs::Walguard,
+        },
+    ])
+}
+
 fn run_in(opts: &Opts, env: &mut Env) -> Result<bool, String> {
     let started = Instant::now();
     let header = format!(
         "walguard bench{} — {} — CPU: {} ({} cores) — SQLite {} — dir {}\n\
-         {} rounds per workload, unix and walguard alternating (A B, B A, ...){}; \
+         {} rounds per workload, {} and {} alternating (A B, B A, ...){}; \
          walguard read_recheck = {} ms{}",
         if opts.quick {
             " --quick (smoke run: sizes too small for the verdicts to mean anything)"
@@ -194,6 +278,8 @@ fn run_in(opts: &Opts, env: &mut Env) -> Result<bool, String> {
         rusqlite::version(),
         env.dir.display(),
         env.sizes.rounds,
+        env.sides[0].label,
+        env.sides[1].label,
         if env.sizes.warmup {
             ", after one untimed warm-up round"
         } else {

@@ -6,14 +6,39 @@ use crate::bench::workloads::{Workload, ALL};
 
 pub(crate) fn usage() -> String {
     "usage: vfs-tests bench [--quick] [--json] [--audit] [--rounds N] [--only LIST] \
-     [--dir DIR] [--keep] [--strict] [--read-recheck-ms MS]\n  \
-     LIST: comma-separated among write-normal,write-full,batched,read-point,scan,churn,\
-     contention,audit (audit alone: only the syscall audit)\n  \
+     [--dir DIR] [--keep] [--strict] [--read-recheck-ms MS] [--speedtest1 FILE] \
+     [--compare REF [--repo DIR]]\n\
+     \n\
+     Benchmarks walguard against the plain unix VFS: every workload alternates the two \
+     (A B, B A, ...) over several rounds with fresh files; ratio = walguard/unix per round, \
+     median [min .. max].\n\
+     \n  \
+     --quick: smoke-run sizes (verdicts mean nothing)\n  \
+     --rounds N: rounds per workload (default 9; --quick 3)\n  \
+     --only LIST: comma-separated among write-normal,write-full,batched,read-point,scan,churn,\
+     contention,speedtest1,audit (audit alone: only the syscall audit)\n  \
+     --audit: also count system calls under strace, by phase (open, first query, \
+     transactions, close) and in the steady state (read, write and mmap read \
+     transactions of an open connection); the counts go into the JSON too\n  \
      --json: JSON on stdout, the human-readable report on stderr\n  \
      --strict: exit 1 if a target is missed\n  \
+     --dir DIR / --keep: where the databases go / keep them afterwards\n  \
      --read-recheck-ms MS: walguard's Options::read_recheck (default 0: G4 checks every read)\n  \
      --speedtest1 FILE: also build SQLite's test/speedtest1.c (against the system \
-     libsqlite3, walguard loaded as the extension) and run it on both VFSs"
+     libsqlite3, walguard loaded as the extension) and run it on both VFSs\n  \
+     --compare REF: bench two builds of walguard against each other instead of unix: REF \
+     (a git revision: a branch, tag, sha, HEAD~1) is checked out in a temporary git worktree, \
+     the current harness (vfs-tests/) is copied over its own so that only the walguard crate \
+     differs, and it is built with this binary's profile into target/bench-compare (kept \
+     between runs). Both builds run every workload as child processes, alternating; \
+     ratio = current/REF (below 1: the current tree is faster; contention: commits, above 1 \
+     is better). --audit then compares the two builds' system calls. No targets are judged.\n  \
+     --repo DIR: the repository REF is looked up in (default: the tree this binary was \
+     built from)\n\
+     \n\
+     contention also counts SQLITE_BUSY per VFS: busy-handler invocations (each one a \
+     SQLITE_BUSY that SQLite got from a lock and slept on, SQLite's own 1, 2, 5, ... 100 ms \
+     schedule), the time slept in them, and SQLITE_BUSY errors that reached the application."
         .to_owned()
 }
 
@@ -31,6 +56,12 @@ pub(crate) struct Opts {
     pub(crate) read_recheck_ms: u64,
     /// SQLite's `test/speedtest1.c`, to build and run as one more workload.
     pub(crate) speedtest1: Option<PathBuf>,
+    /// `--compare REF`: a git revision whose walguard is the baseline.
+    pub(crate) compare: Option<String>,
+    /// `--repo DIR`: where REF is looked up.
+    pub(crate) repo: Option<PathBuf>,
+    /// `-h`/`--help`: print the usage and exit.
+    pub(crate) help: bool,
 }
 
 pub(crate) fn parse_opts(args: &[String]) -> Result<Opts, String> {
@@ -45,6 +76,9 @@ pub(crate) fn parse_opts(args: &[String]) -> Result<Opts, String> {
         dir: None,
         read_recheck_ms: 0,
         speedtest1: None,
+        compare: None,
+        repo: None,
+        help: false,
     };
     let mut only = false;
     let mut it = args.iter();
@@ -92,7 +126,9 @@ pub(crate) fn parse_opts(args: &[String]) -> Result<Opts, String> {
                     format!("--read-recheck-ms needs a number of milliseconds, not {v:?}")
                 })?;
             }
-            "-h" | "--help" => return Err(usage()),
+            "--compare" => o.compare = Some(value()?),
+            "--repo" => o.repo = Some(PathBuf::from(value()?)),
+            "-h" | "--help" => o.help = true,
             other => return Err(format!("unknown argument {other:?}\n{}", usage())),
         }
     }
@@ -102,6 +138,16 @@ pub(crate) fn parse_opts(args: &[String]) -> Result<Opts, String> {
             return Err("workload speedtest1 needs --speedtest1 PATH/TO/speedtest1.c".to_owned())
         }
         _ => {}
+    }
+    if o.compare.is_some() && o.workloads.contains(&Workload::Speedtest1) {
+        return Err(
+            "--compare does not run speedtest1 (it loads the extension of the \
+                    current tree only)"
+                .to_owned(),
+        );
+    }
+    if o.repo.is_some() && o.compare.is_none() {
+        return Err("--repo only goes with --compare REF".to_owned());
     }
     Ok(o)
 }
@@ -118,5 +164,11 @@ mod tests {
         assert_eq!(o.workloads, vec![Workload::Scan]);
         assert!(parse_opts(&["--only".into(), "nope".into()]).is_err());
         assert!(parse_opts(&["--rounds".into(), "0".into()]).is_err());
+        let o = parse_opts(&["--compare".into(), "HEAD~1".into()]).expect("valid options");
+        assert_eq!(o.compare.as_deref(), Some("HEAD~1"));
+        assert!(parse_opts(&["--compare".into()]).is_err());
+        assert!(parse_opts(&["--repo".into(), "/x".into()]).is_err());
+        assert!(parse_opts(&["--help".into()]).expect("help").help);
+        assert!(usage().contains("--compare REF"));
     }
 }

@@ -10,7 +10,7 @@ use crate::bench::measure::min_max;
 use crate::bench::options::Opts;
 use crate::bench::workloads::speedtest1::SPEEDTEST1_NOTE;
 use crate::bench::workloads::{Target, Workload, WorkloadResult};
-use crate::bench::Env;
+use crate::bench::{steady, Env};
 
 /// The human-readable report, and whether every verdict passed.
 pub(crate) fn text(
@@ -22,23 +22,26 @@ pub(crate) fn text(
     stat_ns: Option<f64>,
     started: Instant,
 ) -> (String, bool) {
+    let comparing = env.comparing();
+    let [base, cand] = [&env.sides[0].label, &env.sides[1].label];
     let mut rep = String::new();
     let _ = writeln!(rep, "{header}");
     let _ = writeln!(
         rep,
-        "ratio = walguard/unix per round (cost per operation; contention: commits in {} ms), \
+        "ratio = {cand} / {base} per round (cost per operation; contention: commits in {} ms), \
          median [min .. max]; cpu = the same ratio of CPU time",
         env.sizes.contend_ms
     );
     let _ = writeln!(
         rep,
         "{:<13} {:>11} {:<17} {:>9}  {:>26}  {:>26}  {:<8} verdict",
-        "workload", "ratio", "[min .. max]", "cpu", "unix", "walguard", "target"
+        "workload", "ratio", "[min .. max]", "cpu", base, cand, "target"
     );
     let mut all_pass = true;
     for r in results {
         let (lo, hi) = min_max(&r.ratios);
-        let pass = r.pass();
+        let judged = !comparing && !matches!(r.w.target(), Target::Info);
+        let pass = !judged || r.pass();
         all_pass &= pass;
         let _ = writeln!(
             rep,
@@ -50,8 +53,12 @@ pub(crate) fn text(
             r.cpu_ratio(),
             r.figure_text(0),
             r.figure_text(1),
-            r.w.target().text(),
-            if matches!(r.w.target(), Target::Info) {
+            if comparing {
+                "-".to_owned()
+            } else {
+                r.w.target().text()
+            },
+            if !judged {
                 "-"
             } else if pass {
                 "PASS"
@@ -60,7 +67,33 @@ pub(crate) fn text(
             }
         );
     }
-    if let (Some(ns), Some(r)) = (stat_ns, results.iter().find(|r| r.w == Workload::ReadPoint)) {
+    if let Some(r) = results.iter().find(|r| r.w == Workload::Contention) {
+        let _ = writeln!(
+            rep,
+            "contention SQLITE_BUSY ({} processes; median per round; busy-handler calls = \
+             SQLITE_BUSY results SQLite slept on, errors = SQLITE_BUSY that reached the \
+             application):",
+            env.sizes.contend_procs
+        );
+        for (i, side) in env.sides.iter().enumerate() {
+            let (calls, slept, errors) = r.busy(i);
+            let _ = writeln!(
+                rep,
+                "  {:<26} {:>8.0} busy-handler calls ({:.2} per 1000 commits), {:>7.0} ms slept, \
+                 {:.0} errors",
+                side.label,
+                calls,
+                r.busy_per_1000(i),
+                slept,
+                errors
+            );
+        }
+    }
+    if let (false, Some(ns), Some(r)) = (
+        comparing,
+        stat_ns,
+        results.iter().find(|r| r.w == Workload::ReadPoint),
+    ) {
         let lookup = r.figure(0) * 1e9;
         let _ = writeln!(
             rep,
@@ -71,7 +104,7 @@ pub(crate) fn text(
             lookup
         );
     }
-    if !opts.workloads.contains(&Workload::Speedtest1) {
+    if !comparing && !opts.workloads.contains(&Workload::Speedtest1) {
         let _ = writeln!(rep, "{SPEEDTEST1_NOTE}");
     }
     if let Some(a) = audit {
@@ -84,7 +117,12 @@ pub(crate) fn text(
         let _ = writeln!(
             rep,
             "{:<6} {:<30} {:<18} {:>10} {:>10} {:>10}",
-            "mode", "phase", "syscall", "unix", "walguard", "extra"
+            "mode",
+            "phase",
+            "syscall",
+            short(base),
+            short(cand),
+            "extra"
         );
         for row in &a.rows {
             let _ = writeln!(
@@ -93,9 +131,9 @@ pub(crate) fn text(
                 row.mode,
                 phase_label(row.phase),
                 row.syscall,
-                row.unix,
-                row.walguard,
-                row.walguard - row.unix
+                row.base,
+                row.cand,
+                row.cand - row.base
             );
         }
         for (what, pass, detail) in &a.checks {
@@ -116,6 +154,41 @@ pub(crate) fn text(
                 all_pass &= *pass;
             }
         }
+        if let Some((tb, tc, n)) = &a.steady {
+            let names = [short(base), short(cand)];
+            let _ = writeln!(
+                rep,
+                "\nsteady state (one open connection, sidecars unchanged; strace -f -y -k; \
+                 calls by file):"
+            );
+            for p in steady::TXN_PHASES {
+                let (b, c) = (tb.total(p), tc.total(p));
+                let _ = writeln!(
+                    rep,
+                    "audit steady {p:<9} transaction: {} {:.2}, {} {:.2} system calls, extra {:+.2}",
+                    names[0],
+                    b as f64 / *n as f64,
+                    names[1],
+                    c as f64 / *n as f64,
+                    (c as f64 - b as f64) / *n as f64
+                );
+            }
+            // The per-run phases are in the JSON (and in the audit above).
+            for p in steady::TXN_PHASES {
+                rep.push_str(&steady::phase_table(tb, tc, names, p, *n));
+            }
+            for p in steady::TXN_PHASES {
+                for (what, count) in steady::non_lock_own_calls(tc, p) {
+                    let _ = writeln!(
+                        rep,
+                        "audit steady {p}: {} makes {what} {:.2} times per transaction (not a lock: \
+                         the hot path allows none)",
+                        names[1],
+                        count as f64 / *n as f64
+                    );
+                }
+            }
+        }
     }
     let _ = writeln!(
         rep,
@@ -124,6 +197,12 @@ pub(crate) fn text(
         if all_pass { "PASS" } else { "FAIL" }
     );
     (rep, all_pass)
+}
+
+/// A side's label without its parenthesised detail (`main (e700e8a)` -> `main`), for
+/// narrow columns.
+fn short(label: &str) -> &str {
+    label.split(" (").next().unwrap_or(label)
 }
 
 pub(crate) fn cpu_model() -> String {
@@ -167,16 +246,24 @@ pub(crate) fn to_json(
     stat_ns: Option<f64>,
     all_pass: bool,
 ) -> String {
+    let [kb, kc] = [env.sides[0].key, env.sides[1].key];
     let mut j = String::from("{");
     let _ = write!(
         j,
-        "\"date\":{},\"cpu\":{},\"cores\":{},\"sqlite\":{},\"quick\":{},\"rounds\":{},\"workloads\":[",
+        "\"date\":{},\"cpu\":{},\"cores\":{},\"sqlite\":{},\"quick\":{},\"rounds\":{},\
+         \"mode\":{},\"baseline\":{{\"key\":{},\"label\":{}}},\"candidate\":{{\"key\":{},\
+         \"label\":{}}},\"workloads\":[",
         json_str(&utc_now()),
         json_str(&cpu_model()),
         cpu_count(),
         json_str(rusqlite::version()),
         opts.quick,
-        env.sizes.rounds
+        env.sizes.rounds,
+        json_str(if env.comparing() { "compare" } else { "vfs" }),
+        json_str(kb),
+        json_str(&env.sides[0].label),
+        json_str(kc),
+        json_str(&env.sides[1].label),
     );
     for (i, r) in results.iter().enumerate() {
         let (lo, hi) = min_max(&r.ratios);
@@ -184,7 +271,7 @@ pub(crate) fn to_json(
         let _ = write!(
             j,
             "{}{{\"name\":{},\"unit\":{},\"ratio\":{},\"min\":{},\"max\":{},\"cpu_ratio\":{},\
-             \"unix\":{},\"walguard\":{},\"target\":{},\"pass\":{},\"ratios\":[{}]}}",
+             {}:{},{}:{},\"target\":{},\"pass\":{},\"ratios\":[{}]",
             if i > 0 { "," } else { "" },
             json_str(r.w.name()),
             json_str(if r.w == Workload::Contention {
@@ -196,12 +283,49 @@ pub(crate) fn to_json(
             json_num(lo),
             json_num(hi),
             json_num(r.cpu_ratio()),
+            json_str(kb),
             json_num(r.figure(0)),
+            json_str(kc),
             json_num(r.figure(1)),
-            json_str(&r.w.target().text()),
-            r.pass(),
+            json_str(&if env.comparing() {
+                "(compare)".to_owned()
+            } else {
+                r.w.target().text()
+            }),
+            env.comparing() || r.pass(),
             ratios.join(",")
         );
+        if r.w == Workload::Contention {
+            j.push_str(",\"busy\":{");
+            for (s, key) in [kb, kc].iter().enumerate() {
+                let (calls, slept, errors) = r.busy(s);
+                let rounds: Vec<String> = r
+                    .rounds
+                    .iter()
+                    .map(|rd| {
+                        let x = if s == 0 { &rd.0 } else { &rd.1 };
+                        format!(
+                            "{{\"commits\":{},\"handler_calls\":{},\"slept_ms\":{},\"errors\":{}}}",
+                            x.ops, x.busy.handler_calls, x.busy.slept_ms, x.busy.errors
+                        )
+                    })
+                    .collect();
+                let _ = write!(
+                    j,
+                    "{}{}:{{\"handler_calls\":{},\"per_1000_commits\":{},\"slept_ms\":{},\
+                     \"errors\":{},\"rounds\":[{}]}}",
+                    if s > 0 { "," } else { "" },
+                    json_str(key),
+                    json_num(calls),
+                    json_num(r.busy_per_1000(s)),
+                    json_num(slept),
+                    json_num(errors),
+                    rounds.join(",")
+                );
+            }
+            j.push('}');
+        }
+        j.push('}');
     }
     j.push(']');
     if let Some(ns) = stat_ns {
@@ -212,13 +336,41 @@ pub(crate) fn to_json(
         for (i, row) in a.rows.iter().enumerate() {
             let _ = write!(
                 j,
-                "{}{{\"mode\":{},\"phase\":{},\"syscall\":{},\"unix\":{},\"walguard\":{}}}",
+                "{}{{\"mode\":{},\"phase\":{},\"syscall\":{},{}:{},{}:{}}}",
                 if i > 0 { "," } else { "" },
                 json_str(row.mode),
                 json_str(row.phase),
                 json_str(&row.syscall),
-                json_num(row.unix),
-                json_num(row.walguard)
+                json_str(kb),
+                json_num(row.base),
+                json_str(kc),
+                json_num(row.cand)
+            );
+        }
+        j.push_str("],\"phases\":[");
+        for (i, p) in a.phases.iter().enumerate() {
+            let side = |m: &std::collections::BTreeMap<String, u64>| {
+                let calls: Vec<String> = m
+                    .iter()
+                    .map(|(k, v)| format!("{}:{v}", json_str(k)))
+                    .collect();
+                format!(
+                    "{{\"total\":{},\"calls\":{{{}}}}}",
+                    m.values().sum::<u64>(),
+                    calls.join(",")
+                )
+            };
+            let _ = write!(
+                j,
+                "{}{{\"mode\":{},\"phase\":{},\"transactions\":{},{}:{},{}:{}}}",
+                if i > 0 { "," } else { "" },
+                json_str(p.mode),
+                json_str(p.phase),
+                p.transactions,
+                json_str(kb),
+                side(&p.base),
+                json_str(kc),
+                side(&p.cand)
             );
         }
         j.push_str("],\"checks\":[");
@@ -232,7 +384,11 @@ pub(crate) fn to_json(
                 json_str(detail)
             );
         }
-        j.push_str("]}");
+        j.push(']');
+        if let Some((tb, tc, n)) = &a.steady {
+            let _ = write!(j, ",\"steady\":{}", steady::to_json(tb, tc, [kb, kc], *n));
+        }
+        j.push('}');
     }
     let _ = write!(j, ",\"pass\":{all_pass}}}");
     j

@@ -160,16 +160,20 @@ impl Call {
                 .any(|c| self.text.contains(c))
     }
 
-    /// The stack's frames that name one of walguard's `sqlite3_io_methods`, e.g.
-    /// `walguard::io::x_read` (strace's unwinder does not always show them).
+    /// The walguard `sqlite3_io_methods` trampoline the stack shows, e.g. `x_read` from
+    /// `walguard::io::x_read::{{closure}}` (strace's unwinder does not always show it).
     pub fn walguard_method(&self) -> Option<&str> {
         self.stack.iter().find_map(|f| {
-            let i = f.find("walguard::io::x_")?;
-            let rest = &f[i + "walguard::io::".len()..];
-            let end = rest
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(rest.len());
-            Some(&rest[..end])
+            let i = f.find("walguard::")?;
+            f[i..]
+                .split("::")
+                .map(|seg| {
+                    let end = seg
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(seg.len());
+                    &seg[..end]
+                })
+                .find(|seg| seg.starts_with("x_"))
         })
     }
 }
@@ -406,26 +410,28 @@ pub fn parse(text: &str, db: &Path) -> Trace {
 
 /// A table of one phase: per (system call, file), the counts of both traces per
 /// transaction (`n` transactions; phases that are not transaction phases: per run).
-pub fn phase_table(unix: &Trace, walguard: &Trace, phase: &str, n: u64) -> String {
+/// `names` label the baseline and the candidate (`["unix", "walguard"]`).
+pub fn phase_table(base: &Trace, cand: &Trace, names: [&str; 2], phase: &str, n: u64) -> String {
     let div = if TXN_PHASES.contains(&phase) {
         n.max(1) as f64
     } else {
         1.0
     };
-    let (cu, cg) = (unix.counts(phase), walguard.counts(phase));
+    let [nb, nc] = names;
+    let (cu, cg) = (base.counts(phase), cand.counts(phase));
     let mut keys: Vec<&(String, &'static str)> = cu.keys().chain(cg.keys()).collect();
     keys.sort();
     keys.dedup();
     let mut s = format!(
-        "  {phase} ({}): unix {:.2}, walguard {:.2}, extra {:+.2}\n",
+        "  {phase} ({}): {nb} {:.2}, {nc} {:.2}, extra {:+.2}\n",
         if div > 1.0 {
             format!("{n} transactions, per transaction")
         } else {
             "per run".to_owned()
         },
-        unix.total(phase) as f64 / div,
-        walguard.total(phase) as f64 / div,
-        (walguard.total(phase) as f64 - unix.total(phase) as f64) / div
+        base.total(phase) as f64 / div,
+        cand.total(phase) as f64 / div,
+        (cand.total(phase) as f64 - base.total(phase) as f64) / div
     );
     for k in keys {
         let (u, g) = (
@@ -433,7 +439,7 @@ pub fn phase_table(unix: &Trace, walguard: &Trace, phase: &str, n: u64) -> Strin
             cg.get(k).copied().unwrap_or(0),
         );
         s.push_str(&format!(
-            "    {:<14} {:<10} unix {:>8.2}  walguard {:>8.2}{}\n",
+            "    {:<14} {:<10} {nb} {:>8.2}  {nc} {:>8.2}{}\n",
             k.0,
             k.1,
             u as f64 / div,
@@ -490,9 +496,10 @@ pub fn per_page_own_calls(walguard: &Trace, phase: &str) -> Vec<(String, u64)> {
     m.into_iter().collect()
 }
 
-/// JSON of both traces: per phase, per VFS, the count of every (call, file), the total,
-/// and the transaction count of the transaction phases.
-pub fn to_json(unix: &Trace, walguard: &Trace, n: u64) -> String {
+/// JSON of both traces: per phase, per side (`keys`, e.g. `["unix", "walguard"]`), the
+/// count of every (call, file), the total, and the transaction count of the transaction
+/// phases.
+pub fn to_json(base: &Trace, cand: &Trace, keys: [&str; 2], n: u64) -> String {
     let js = crate::json_string;
     let mut j = format!("{{\"txns\":{n},\"phases\":[");
     for (i, p) in PHASES.iter().enumerate() {
@@ -502,7 +509,7 @@ pub fn to_json(unix: &Trace, walguard: &Trace, n: u64) -> String {
             js(p),
             if TXN_PHASES.contains(p) { n } else { 0 }
         ));
-        for (k, (name, t)) in [("unix", unix), ("walguard", walguard)].iter().enumerate() {
+        for (k, (name, t)) in [(keys[0], base), (keys[1], cand)].iter().enumerate() {
             let counts: Vec<String> = t
                 .counts(p)
                 .iter()
@@ -515,8 +522,9 @@ pub fn to_json(unix: &Trace, walguard: &Trace, n: u64) -> String {
                 })
                 .collect();
             j.push_str(&format!(
-                "{}\"{name}\":{{\"total\":{},\"calls\":[{}]}}",
+                "{}{}:{{\"total\":{},\"calls\":[{}]}}",
                 if k > 0 { "," } else { "" },
+                js(name),
                 t.total(p),
                 counts.join(",")
             ));

@@ -8,7 +8,7 @@ pub(crate) mod speedtest1;
 pub(crate) mod write;
 
 use crate::bench::measure::{fmt_secs, median, Sample};
-use crate::bench::{Env, VFSS};
+use crate::bench::{Env, Side};
 use crate::worker::Vfs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,6 +231,36 @@ impl WorkloadResult {
         median(&v)
     }
 
+    /// Median over the rounds of one side's SQLITE_BUSY counts (contention).
+    pub(crate) fn busy(&self, which: usize) -> (f64, f64, f64) {
+        let pick = |f: fn(&Sample) -> u64| {
+            let v: Vec<f64> = self
+                .rounds
+                .iter()
+                .map(|r| f(if which == 0 { &r.0 } else { &r.1 }) as f64)
+                .collect();
+            median(&v)
+        };
+        (
+            pick(|s| s.busy.handler_calls),
+            pick(|s| s.busy.slept_ms),
+            pick(|s| s.busy.errors),
+        )
+    }
+
+    /// Busy-handler invocations per 1000 commits, median over the rounds.
+    pub(crate) fn busy_per_1000(&self, which: usize) -> f64 {
+        let v: Vec<f64> = self
+            .rounds
+            .iter()
+            .map(|r| {
+                let s = if which == 0 { &r.0 } else { &r.1 };
+                1000.0 * s.busy.handler_calls as f64 / s.ops.max(1) as f64
+            })
+            .collect();
+        median(&v)
+    }
+
     pub(crate) fn figure_text(&self, which: usize) -> String {
         let f = self.figure(which);
         if self.w == Workload::Contention {
@@ -256,10 +286,19 @@ pub(crate) fn ratio_of(w: Workload, unix: &Sample, wg: &Sample) -> (f64, f64) {
     }
 }
 
+/// One side's run of one workload in one round: in this process, or in a child of the
+/// side's binary (`--compare`).
+fn run_side(env: &Env, w: Workload, side: &Side, round: usize) -> Result<Sample, String> {
+    match &side.exe {
+        None => run_once(env, w, side.vfs, round),
+        Some(exe) => crate::bench::compare::run_in_child(env, exe, side, w, round),
+    }
+}
+
 pub(crate) fn run_workload(env: &Env, w: Workload) -> Result<WorkloadResult, String> {
     if env.sizes.warmup {
-        for vfs in VFSS {
-            run_once(env, w, vfs, 999)?;
+        for side in &env.sides {
+            run_side(env, w, side, 999)?;
         }
     }
     let mut res = WorkloadResult {
@@ -269,25 +308,16 @@ pub(crate) fn run_workload(env: &Env, w: Workload) -> Result<WorkloadResult, Str
         cpu_ratios: Vec::new(),
     };
     for r in 0..env.sizes.rounds {
-        let order = if r % 2 == 0 {
-            [Vfs::Unix, Vfs::Walguard]
-        } else {
-            [Vfs::Walguard, Vfs::Unix]
-        };
-        let mut unix = Sample::default();
-        let mut wg = Sample::default();
-        for vfs in order {
-            let s = run_once(env, w, vfs, r)?;
-            if vfs == Vfs::Unix {
-                unix = s;
-            } else {
-                wg = s;
-            }
+        // Baseline first in even rounds, candidate first in odd ones.
+        let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
+        let mut samples = [Sample::default(); 2];
+        for i in order {
+            samples[i] = run_side(env, w, &env.sides[i], r)?;
         }
-        let (ratio, cpu) = ratio_of(w, &unix, &wg);
+        let (ratio, cpu) = ratio_of(w, &samples[0], &samples[1]);
         res.ratios.push(ratio);
         res.cpu_ratios.push(cpu);
-        res.rounds.push((unix, wg));
+        res.rounds.push((samples[0], samples[1]));
     }
     Ok(res)
 }
