@@ -651,3 +651,60 @@ pub(crate) fn refuse_sidecar_delete(path: &CStr) -> bool {
     }
     others
 }
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::{Connection, OpenFlags};
+
+    /// Defect 6: "is this the handle's first mapping?" was `shm.is_none()`. After a first
+    /// mapping walguard could not guard (the `-shm` could not be opened), every later
+    /// `xShmMap` — each further 32 KiB page of the WAL index — re-ran the set-up, and an
+    /// attach from then on switched the handle's WAL locks from the wrapped VFS to
+    /// walguard in mid-use (and a Retry there unmapped regions SQLite still used). The
+    /// first-mapping test is now a per-handle flag: nothing re-runs.
+    #[test]
+    fn an_unguarded_first_mapping_is_not_set_up_again_at_later_pages() {
+        crate::register(crate::Options::named("walguard-g1-unit").make_default(false))
+            .expect("register");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pages.db");
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
+        let conn = Connection::open_with_flags_and_vfs(&path, flags, "walguard-g1-unit")
+            .expect("open through walguard");
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; PRAGMA synchronous=OFF;
+             CREATE TABLE t(b BLOB);",
+        )
+        .expect("set up");
+        // The next set-up cannot open the -shm: this handle stays unguarded.
+        conn.execute_batch("PRAGMA journal_mode=DELETE;")
+            .expect("leave WAL (unmaps)");
+        crate::testing::FAIL_NEXT_SHM_OPEN.store(true, std::sync::atomic::Ordering::SeqCst);
+        conn.execute_batch("PRAGMA journal_mode=WAL;")
+            .expect("back to WAL");
+        let mapped_before = crate::stats::snapshot().shm_mapped;
+        // More than 4,062 frames: the WAL index grows past its first page.
+        conn.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+             INSERT INTO t SELECT randomblob(3000) FROM n;",
+        )
+        .expect("a transaction of 5,000 pages");
+        let frames: i64 = conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+            .expect("checkpoint");
+        assert!(
+            frames > 4062,
+            "the index needed a second page ({frames} frames)"
+        );
+        assert_eq!(
+            crate::stats::snapshot().shm_mapped,
+            mapped_before,
+            "a later page of an unguarded index re-ran the first-mapping set-up"
+        );
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("integrity_check");
+        assert_eq!(check, "ok");
+        assert!(!crate::testing::FAIL_NEXT_SHM_OPEN.load(std::sync::atomic::Ordering::SeqCst));
+    }
+}
