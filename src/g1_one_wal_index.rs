@@ -393,6 +393,7 @@ pub(crate) fn attach_shm(node: &DbNode, prep: ShmPrep) -> Result<Option<Arc<ShmN
         }),
     });
     bump!(shm_mapped);
+    st.watch = watch;
     st.shm = Some(shm.clone());
     st.shm_handles = 1;
     Ok(Some(shm))

@@ -42,8 +42,10 @@ pub(crate) fn check_lock_file(node: &DbNode, st: &mut DbState, strict: bool) -> 
     if st.lifecycle_holder.is_some() {
         return Ok(()); // mid set-up or tear-down: checked when it began
     }
+    // The fast path needs a watcher that covers this database's directory.
     let epoch = crate::g4_sidecar_watch::epoch();
-    if !strict && epoch != 0 && epoch == st.lock_file_epoch {
+    let watched = st.watch != 0 && st.watch == crate::g4_sidecar_watch::instance();
+    if !strict && watched && epoch == st.lock_file_epoch {
         return Ok(());
     }
     if lf.still_at_path() {

@@ -129,10 +129,7 @@ fn watcher(fd: RawFd, instance: u64) {
             if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
-            // The descriptor is unusable: connections fall back to `stat`.
-            EPOCH.fetch_add(1, SeqCst);
-            let _ = INSTANCE.compare_exchange(instance, 0, SeqCst, SeqCst);
-            return;
+            return retire(fd, instance); // unusable descriptor
         }
         // SAFETY: `buf` holds `n` initialised bytes.
         let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr() as *const u8, n as usize) };
@@ -141,16 +138,31 @@ fn watcher(fd: RawFd, instance: u64) {
             Relevance::Sidecar => {
                 EPOCH.fetch_add(1, SeqCst);
             }
-            Relevance::WatchLost => {
-                EPOCH.fetch_add(1, SeqCst);
-                // Watches made so far may be gone: connections fall back to `stat`
-                // until their next mapping watches again under a new instance number.
-                let fresh = NEXT_INSTANCE.fetch_add(1, SeqCst);
-                let _ = INSTANCE.compare_exchange(instance, fresh, SeqCst, SeqCst);
-                return;
-            }
+            Relevance::WatchLost => return retire(fd, instance),
         }
     }
+}
+
+/// Ends a watcher whose events can no longer be trusted (queue overflow, a watch that
+/// went away, a read error): connections mapped under it fall back to `stat` at every
+/// transaction, and the next mapping starts a new watcher.
+#[cfg(target_os = "linux")]
+fn retire(fd: RawFd, instance: u64) {
+    let mut watched = SETUP.lock();
+    EPOCH.fetch_add(1, SeqCst);
+    if INSTANCE
+        .compare_exchange(instance, 0, SeqCst, SeqCst)
+        .is_ok()
+    {
+        FD.store(-1, SeqCst);
+        watched.clear();
+        crate::fd::close(fd);
+    }
+}
+
+/// The running watcher's instance (0: none).
+pub(crate) fn instance() -> u64 {
+    INSTANCE.load(SeqCst)
 }
 
 /// The current epoch, or 0 when no watcher runs (callers then check with `stat`).

@@ -78,8 +78,10 @@ pub(crate) struct DbState {
     pub retired_lock_files: Vec<LockFile>,
     /// The lock file was tried and cannot be used (read-only place): logged once.
     pub lock_file_unusable: bool,
-    /// The watch epoch at which the lock file was last found at its path.
+    /// The watch epoch at which the lock file was last found at its path, and the
+    /// watcher instance that covers the database's directory (0: none).
     pub lock_file_epoch: u64,
+    pub watch: u64,
     /// Handle id holding the life-cycle lock (G2), if any.
     pub lifecycle_holder: Option<u64>,
     pub shm: Option<Arc<ShmNode>>,
