@@ -162,11 +162,73 @@ pub(crate) fn stat(path: &CStr) -> io::Result<libc::stat> {
     Ok(st)
 }
 
-/// Closes a descriptor walguard owns. Callers decide *whether* closing is safe (see
-/// [`process_holds_posix_lock`]).
+/// Closes a descriptor walguard owns (and forgets it in the ledger if it was there).
+/// Callers decide *whether* closing is safe (see [`process_holds_posix_lock`]).
 pub(crate) fn close(fd: RawFd) {
+    {
+        let mut owned = OWNED.lock();
+        if let Some(i) = owned.iter().position(|&o| o == fd) {
+            owned.swap_remove(i);
+        }
+    }
     // SAFETY: the caller owns `fd` and never uses it again.
     unsafe { libc::close(fd) };
+}
+
+// ---- the ledger of long-lived descriptors ---------------------------------------------
+
+/// Every descriptor walguard keeps beyond one call (database mirrors, `-shm` descriptors,
+/// lock files, the inotify instance), owned by the process that opened it. A forked child
+/// inherits the descriptors but not their ownership: [`close_inherited`] closes the
+/// child's copies in the `pthread_atfork` child handler, before any code of the child
+/// runs. That is safe and necessary:
+/// - safe: a child holds no POSIX lock at that moment (fork does not inherit them), so a
+///   close cancels nothing, and the parent's OFD locks stay (they belong to the open file
+///   description, which the parent's descriptor keeps open);
+/// - necessary: through an inherited description the child would be the *same* OFD lock
+///   owner as its parent (their locks never conflict), and it would keep the parent's
+///   locks alive after the parent exits.
+static OWNED: parking_lot::Mutex<Vec<RawFd>> = parking_lot::Mutex::new(Vec::new());
+
+/// Records `fd` as a long-lived descriptor of this process (see [`OWNED`]).
+pub(crate) fn own(fd: RawFd) -> RawFd {
+    OWNED.lock().push(fd);
+    fd
+}
+
+/// `pthread_atfork` prepare: no thread may be changing the ledger while the process forks.
+pub(crate) fn fork_prepare() {
+    std::mem::forget(OWNED.lock());
+}
+
+/// [`fork_prepare`] in a child made without the fork handlers: the lock may have been
+/// held by a thread that does not exist here.
+pub(crate) fn fork_prepare_forced() {
+    // Held by a vanished thread otherwise: it stays locked, as prepare would leave it.
+    if let Some(g) = OWNED.try_lock() {
+        std::mem::forget(g);
+    }
+}
+
+/// `pthread_atfork` parent: undoes [`fork_prepare`].
+pub(crate) fn fork_parent() {
+    // SAFETY: fork_prepare locked OWNED in this thread and forgot the guard.
+    unsafe { OWNED.force_unlock() };
+}
+
+/// `pthread_atfork` child: closes the child's copies of every owned descriptor and
+/// empties the ledger (no allocation, only `close`, which is async-signal-safe).
+pub(crate) fn close_inherited() {
+    // SAFETY: fork_prepare locked OWNED before the fork; the child has this one thread,
+    // so nothing else can touch the vector until the force_unlock below.
+    unsafe {
+        let owned = &mut *OWNED.data_ptr();
+        for &fd in owned.iter() {
+            libc::close(fd);
+        }
+        owned.clear();
+        OWNED.force_unlock();
+    }
 }
 
 /// Opens `path` read-write, creating it if missing the way the unix VFS creates a

@@ -40,7 +40,7 @@
 
 use crate::fd::{self, Lock};
 use crate::g2_wal_lifecycle as g2;
-use crate::registry::{self, inode_of, DbNode, DbState, Inode, ShmNode};
+use crate::registry::{self, inode_of, DbNode, DbState, Inode, ShmLocks, ShmNode};
 use crate::stats::bump;
 use libsqlite3_sys as ffi;
 use parking_lot::Mutex;
@@ -95,10 +95,30 @@ pub(crate) fn entered_shared(node: &DbNode) {
 /// the start of a tear-down (last close, journal-mode change), so it is taken under the
 /// life-cycle lock (G2); if that is busy nothing is dropped and the attempt fails.
 /// Returns whether the mirrors were dropped.
-pub(crate) fn before_exclusive(node: &DbNode, id: u64) -> bool {
+///
+/// A handle that has the WAL index mapped (`has_shm`) is refused EXCLUSIVE
+/// (`Err(SQLITE_BUSY)`) while any other holder uses that index — another process (with or
+/// without walguard), another copy of walguard, another handle of this one — as
+/// SQLite >= 3.51's unix VFS does (`unixIsSharingShmNode`). In WAL mode that EXCLUSIVE
+/// is the last-close checkpoint or a switch out of WAL: after it SQLite checkpoints in
+/// exclusive mode (ignoring other readers' marks) and then deletes or truncates the
+/// `-wal` (`journal_size_limit`), losing frames another holder appended or still reads.
+/// Refusing here, before anything happened, makes the close skip its clean-up; the
+/// `SQLITE_FCNTL_PERSIST_WAL` refusal stays as the second wall.
+pub(crate) fn before_exclusive(node: &DbNode, id: u64, has_shm: bool) -> Result<bool, c_int> {
+    if has_shm {
+        // The presence probe below must look at the lock file now at the path.
+        let _ = g2::check_lock_file(node, &mut node.state.lock(), true);
+    }
+    if has_shm && others_hold_wal_index(node, true) {
+        bump!(exclusive_refused);
+        tracing::info!(target: "walguard", path = %node.path, decision = "busy",
+            "EXCLUSIVE refused: another holder still uses the WAL index (the close skips its checkpoint and clean-up)");
+        return Err(ffi::SQLITE_BUSY);
+    }
     let mut st = node.state.lock();
     if st.shared_holders != 1 || !st.mirror_held {
-        return false;
+        return Ok(false);
     }
     if let Some(shm) = st.shm.clone() {
         if st.shm_handles <= 1 {
@@ -106,14 +126,14 @@ pub(crate) fn before_exclusive(node: &DbNode, id: u64) -> bool {
                 bump!(teardown_busy);
                 tracing::info!(target: "walguard", path = %node.path, decision = "busy",
                     "tear-down waits: another process is setting up or tearing down this WAL");
-                return false;
+                return Ok(false);
             }
             let _ = fd::ofd_lock(shm.fd, Lock::Unlock, SHM_DMS, 1);
             st.dms_dropped = true;
         }
     }
     drop_mirror(node, &mut st);
-    true
+    Ok(true)
 }
 
 /// Puts back what `before_exclusive` dropped and ends the tear-down window. The
@@ -205,15 +225,35 @@ fn shm_cpath(node: &DbNode) -> Option<CString> {
 /// wrapped VFS is about to open, creating it as the unix VFS would (the database's
 /// permissions and owner) unless the connection asked for `readonly_shm`.
 pub(crate) fn prepare_shm(node: &DbNode, readonly_shm: bool) -> ShmPrep {
-    if node.state.lock().shm.is_some() {
-        return ShmPrep::Served;
-    }
+    let kept = {
+        let mut st = node.state.lock();
+        if st.shm.is_some() {
+            return ShmPrep::Served;
+        }
+        st.shm_kept.take()
+    };
     if !fd::HAVE_OFD {
         return ShmPrep::Unguarded; // logged at registration
     }
     let Some(cpath) = shm_cpath(node) else {
         return ShmPrep::Unguarded;
     };
+    #[cfg(test)]
+    if crate::testing::take_shm_open_failure() {
+        if let Some(k) = kept {
+            node.state.lock().shm_kept = Some(k);
+        }
+        return ShmPrep::Unguarded;
+    }
+    // The descriptor of this process's last mapping, if the path still names its file:
+    // no open (the next connection of a cycle costs one `stat`).
+    if let Some(k) = kept {
+        if fd::stat(&cpath).is_ok_and(|s| inode_of(&s) == k.inode) {
+            return opened_prep(k.fd, k.writable, k.inode);
+        }
+        // Removed or replaced since: given up for good.
+        registry::close_when_safe(k.fd, k.inode.1);
+    }
     let nofollow = libc::O_NOFOLLOW;
     let opened = match fd::open(&cpath, libc::O_RDWR | nofollow, 0) {
         Ok(fd) => Ok((fd, true)),
@@ -224,7 +264,7 @@ pub(crate) fn prepare_shm(node: &DbNode, readonly_shm: bool) -> ShmPrep {
         Err(_) => fd::open(&cpath, libc::O_RDONLY | nofollow, 0).map(|fd| (fd, false)),
     };
     let (fd, writable) = match opened {
-        Ok(v) => v,
+        Ok((fd, w)) => (fd::own(fd), w),
         Err(e) => {
             bump!(degraded);
             tracing::warn!(target: "walguard", path = %node.path, error = %e,
@@ -233,6 +273,10 @@ pub(crate) fn prepare_shm(node: &DbNode, readonly_shm: bool) -> ShmPrep {
         }
     };
     let inode = fd::fstat(fd).map(|s| inode_of(&s)).unwrap_or((0, 0));
+    opened_prep(fd, writable, inode)
+}
+
+fn opened_prep(fd: RawFd, writable: bool, inode: Inode) -> ShmPrep {
     // If anyone holds the dead-man switch, the index is live: take walguard's mirror now,
     // before the wrapped VFS looks. The unix VFS's test cannot see this process's own
     // POSIX locks, so when the only holder is another SQLite runtime of this process
@@ -249,10 +293,30 @@ pub(crate) fn prepare_shm(node: &DbNode, readonly_shm: bool) -> ShmPrep {
     }
 }
 
-/// Gives back what [`prepare_shm`] opened when the wrapped `xShmMap` failed.
-pub(crate) fn abandon_shm(prep: ShmPrep) {
-    if let ShmPrep::Opened { fd, inode, .. } = prep {
-        registry::close_when_safe(fd, inode.1);
+/// Gives back what [`prepare_shm`] opened when the wrapped `xShmMap` failed: kept for the
+/// next attempt (unlocked), or closed when safe if this process already keeps one.
+pub(crate) fn abandon_shm(node: &DbNode, prep: ShmPrep) {
+    if let ShmPrep::Opened {
+        fd,
+        inode,
+        writable,
+        dms_held,
+    } = prep
+    {
+        if dms_held {
+            let _ = fd::ofd_lock(fd, Lock::Unlock, SHM_DMS, 1);
+        }
+        let mut st = node.state.lock();
+        if st.shm_kept.is_none() && st.shm.as_ref().is_none_or(|s| s.fd != fd) {
+            st.shm_kept = Some(registry::KeptShm {
+                fd,
+                inode,
+                writable,
+            });
+        } else if st.shm.as_ref().is_none_or(|s| s.fd != fd) {
+            drop(st);
+            registry::close_when_safe(fd, inode.1);
+        }
     }
 }
 
@@ -265,7 +329,9 @@ pub(crate) fn attach_shm(node: &DbNode, prep: ShmPrep) -> Result<Option<Arc<ShmN
     if let Some(shm) = st.shm.clone() {
         // Served, or (without a usable lock file, where set-ups are not serialised)
         // another handle of this process attached first: share its node.
-        abandon_shm(prep);
+        drop(st);
+        abandon_shm(node, prep);
+        let mut st = node.state.lock();
         st.shm_handles += 1;
         return Ok(Some(shm));
     }
@@ -282,12 +348,17 @@ pub(crate) fn attach_shm(node: &DbNode, prep: ShmPrep) -> Result<Option<Arc<ShmN
         } => (fd, writable, inode, dms_held),
     };
     let Some(cpath) = shm_cpath(node) else {
-        abandon_shm(prep);
+        drop(st);
+        abandon_shm(node, prep);
         return Ok(None);
     };
     // The path named walguard's file before the wrapped VFS opened it and still names
     // it: the wrapped VFS opened (and mapped) that same file.
     if !fd::stat(&cpath).is_ok_and(|s| inode_of(&s) == inode) {
+        if dms_held {
+            let _ = fd::ofd_lock(fd, Lock::Unlock, SHM_DMS, 1);
+        }
+        drop(st);
         registry::close_when_safe(fd, inode.1);
         bump!(sidecar_replaced);
         tracing::info!(target: "walguard", path = %node.path, decision = "retry",
@@ -309,33 +380,62 @@ pub(crate) fn attach_shm(node: &DbNode, prep: ShmPrep) -> Result<Option<Arc<ShmN
         .rfind('/')
         .map_or(".", |i| if i == 0 { "/" } else { &node.path[..i] });
     let watch = CString::new(dir).map_or(0, |d| crate::g4_sidecar_watch::watch(fd, &d));
-    let lock_file = st.lock_file.as_ref().and_then(|lf| lf.dup_for_locks());
+    let mirror_fd = st.lock_file.as_ref().and_then(|lf| lf.fd_for_locks());
     let shm = Arc::new(ShmNode {
-        lock_file,
         fd,
         writable,
         inode,
         cpath,
         watch,
-        slots: Mutex::new([0; SHM_NLOCK]),
+        locks: Mutex::new(ShmLocks {
+            slots: [0; SHM_NLOCK],
+            mirror_fd,
+        }),
     });
     bump!(shm_mapped);
+    st.watch = watch;
     st.shm = Some(shm.clone());
     st.shm_handles = 1;
     Ok(Some(shm))
 }
 
-/// A handle unmapped the `-shm` (after the wrapped VFS did).
-pub(crate) fn detach_shm(node: &DbNode) {
+/// A handle unmapped the `-shm` (after the wrapped VFS did; `deleted`: it was asked to
+/// delete it and walguard let it). The last one releases this instance's hold on the
+/// WAL index — the dead-man-switch mirror and presence — and keeps the descriptor,
+/// unlocked, for the next mapping (closing it could cancel POSIX locks of this process).
+pub(crate) fn detach_shm(node: &DbNode, deleted: bool) {
     let mut st = node.state.lock();
     st.shm_handles = st.shm_handles.saturating_sub(1);
     if st.shm_handles > 0 {
         return;
     }
-    st.dms_dropped = false;
-    if let Some(shm) = st.shm.take() {
-        // Closing releases its OFD locks; a deferred close releases them first.
-        registry::close_when_safe(shm.fd, shm.inode.1);
+    let dms_dropped = std::mem::take(&mut st.dms_dropped);
+    if let Some(lf) = st.lock_file.as_ref() {
+        lf.release_presence();
+    }
+    for lf in &st.retired_lock_files {
+        lf.release_presence();
+    }
+    let Some(shm) = st.shm.take() else { return };
+    if !dms_dropped {
+        let _ = fd::ofd_lock(shm.fd, Lock::Unlock, SHM_DMS, 1);
+    }
+    let kept = registry::KeptShm {
+        fd: shm.fd,
+        inode: shm.inode,
+        writable: shm.writable,
+    };
+    let old = st.shm_kept.take();
+    if !deleted {
+        st.shm_kept = Some(kept);
+    }
+    drop(st);
+    if let Some(old) = old.filter(|o| o.fd != kept.fd) {
+        registry::close_when_safe(old.fd, old.inode.1);
+    }
+    if deleted {
+        // The file is gone from its path: the descriptor cannot be reused.
+        registry::close_when_safe(kept.fd, kept.inode.1);
     }
 }
 
@@ -360,7 +460,9 @@ pub(crate) fn shm_lock(
     let (first, count) = (ofst as usize, n as usize);
     let mask: u8 = (((1u16 << n) - 1) << ofst) as u8;
     let byte = SHM_BASE + ofst as i64;
-    let mut slots = shm.slots.lock();
+    let mut locks = shm.locks.lock();
+    let mirror_fd = locks.mirror_fd;
+    let slots = &mut locks.slots;
     let unlock = flags & ffi::SQLITE_SHM_UNLOCK != 0;
     let shared = flags & ffi::SQLITE_SHM_SHARED != 0;
     if unlock {
@@ -372,11 +474,14 @@ pub(crate) fn shm_lock(
             hold.shared &= !mask;
             return ffi::SQLITE_OK;
         }
+        // Released in the reverse order of acquisition: the lock-file mirror first, so
+        // another process that gets the `-shm` lock next never finds the mirror still
+        // held (it would see SQLITE_BUSY and sleep in its busy handler).
+        if hold.excl & mask != 0 {
+            mirror_on_lock_file(mirror_fd, Lock::Unlock, first, count);
+        }
         if fd::ofd_lock(shm.fd, Lock::Unlock, byte, n as i64).is_err() {
             return ffi::SQLITE_IOERR_UNLOCK;
-        }
-        if hold.excl & mask != 0 {
-            mirror_on_lock_file(shm, Lock::Unlock, first, count);
         }
         slots[first..first + count].fill(0);
         hold.shared &= !mask;
@@ -413,7 +518,7 @@ pub(crate) fn shm_lock(
         Ok(false) => return ffi::SQLITE_BUSY,
         Err(_) => return ffi::SQLITE_IOERR_SHMLOCK,
     }
-    if let Some(rc) = mirror_on_lock_file(shm, Lock::Write, first, count) {
+    if let Some(rc) = mirror_on_lock_file(mirror_fd, Lock::Write, first, count) {
         let _ = fd::ofd_lock(shm.fd, Lock::Unlock, byte, n as i64);
         return rc;
     }
@@ -437,15 +542,19 @@ const MIRRORED_SLOTS: usize = 2;
 /// checkpointers: a new index is recovered only once the old index's last writer has
 /// committed (it fails its next transaction, G4), so recovery sees every commit.
 /// `Some(code)` when the lock is held elsewhere (BUSY) or failed.
-fn mirror_on_lock_file(shm: &ShmNode, kind: Lock, first: usize, count: usize) -> Option<c_int> {
-    use std::os::fd::AsRawFd;
-    let lf = shm.lock_file.as_ref()?;
+fn mirror_on_lock_file(
+    mirror_fd: Option<RawFd>,
+    kind: Lock,
+    first: usize,
+    count: usize,
+) -> Option<c_int> {
+    let lf = mirror_fd?;
     let end = (first + count).min(MIRRORED_SLOTS);
     if first >= end {
         return None;
     }
     let (start, len) = (SHM_BASE + first as i64, (end - first) as i64);
-    match fd::ofd_lock(lf.as_raw_fd(), kind, start, len) {
+    match fd::ofd_lock(lf, kind, start, len) {
         Ok(true) => None,
         Ok(false) => Some(ffi::SQLITE_BUSY),
         Err(_) if kind == Lock::Unlock => None,
@@ -488,7 +597,9 @@ pub(crate) fn others_hold_wal_index(node: &DbNode, exclude_own_dms: bool) -> boo
     if st.shm_handles > 1 {
         return true;
     }
-    if st.lock_file.as_ref().is_some_and(|lf| lf.others_present()) {
+    if st.lock_file.as_ref().is_some_and(|lf| lf.others_present())
+        || st.retired_lock_files.iter().any(|lf| lf.others_present())
+    {
         return true;
     }
     if let Some(shm) = st.shm.as_ref() {
@@ -502,6 +613,11 @@ pub(crate) fn others_hold_wal_index(node: &DbNode, exclude_own_dms: bool) -> boo
             let _ = fd::ofd_lock(shm.fd, Lock::Read, SHM_DMS, 1);
         }
         return other;
+    }
+    // No mapping here now: probe the -shm descriptor kept from the last one, if any
+    // (it carries no lock of ours).
+    if let Some(k) = st.shm_kept {
+        return !matches!(fd::posix_probe(k.fd, Lock::Write, SHM_DMS, 1), Ok(None));
     }
     false
 }
@@ -535,4 +651,61 @@ pub(crate) fn refuse_sidecar_delete(path: &CStr) -> bool {
             "delete of a WAL sidecar refused: another holder still uses the WAL index");
     }
     others
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::{Connection, OpenFlags};
+
+    /// Defect 6: "is this the handle's first mapping?" was `shm.is_none()`. After a first
+    /// mapping walguard could not guard (the `-shm` could not be opened), every later
+    /// `xShmMap` — each further 32 KiB page of the WAL index — re-ran the set-up, and an
+    /// attach from then on switched the handle's WAL locks from the wrapped VFS to
+    /// walguard in mid-use (and a Retry there unmapped regions SQLite still used). The
+    /// first-mapping test is now a per-handle flag: nothing re-runs.
+    #[test]
+    fn an_unguarded_first_mapping_is_not_set_up_again_at_later_pages() {
+        crate::register(crate::Options::named("walguard-g1-unit").make_default(false))
+            .expect("register");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pages.db");
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
+        let conn = Connection::open_with_flags_and_vfs(&path, flags, "walguard-g1-unit")
+            .expect("open through walguard");
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; PRAGMA synchronous=OFF;
+             CREATE TABLE t(b BLOB);",
+        )
+        .expect("set up");
+        // The next set-up cannot open the -shm: this handle stays unguarded.
+        conn.execute_batch("PRAGMA journal_mode=DELETE;")
+            .expect("leave WAL (unmaps)");
+        crate::testing::FAIL_NEXT_SHM_OPEN.store(true, std::sync::atomic::Ordering::SeqCst);
+        conn.execute_batch("PRAGMA journal_mode=WAL;")
+            .expect("back to WAL");
+        let mapped_before = crate::stats::snapshot().shm_mapped;
+        // More than 4,062 frames: the WAL index grows past its first page.
+        conn.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+             INSERT INTO t SELECT randomblob(3000) FROM n;",
+        )
+        .expect("a transaction of 5,000 pages");
+        let frames: i64 = conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+            .expect("checkpoint");
+        assert!(
+            frames > 4062,
+            "the index needed a second page ({frames} frames)"
+        );
+        assert_eq!(
+            crate::stats::snapshot().shm_mapped,
+            mapped_before,
+            "a later page of an unguarded index re-ran the first-mapping set-up"
+        );
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("integrity_check");
+        assert_eq!(check, "ok");
+        assert!(!crate::testing::FAIL_NEXT_SHM_OPEN.load(std::sync::atomic::Ordering::SeqCst));
+    }
 }

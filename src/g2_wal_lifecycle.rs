@@ -24,6 +24,69 @@ pub(crate) fn ensure_lock_file(node: &DbNode, st: &mut DbState) -> Result<(), c_
     if st.lock_file.is_some() || st.lock_file_unusable {
         return Ok(());
     }
+    open_lock_file(node, st)
+}
+
+/// Checks that the lock file this process uses is still the one at its path (`strict`:
+/// always with a `stat`; otherwise only when the directory watch saw a change since the
+/// last check), and moves to the one at the path if not. Without this, `rm <db>-walguard`
+/// while processes run would split them: newcomers register presence and take the
+/// life-cycle lock on a new file, old processes on the removed one, and an old process's
+/// last close would find nobody present and delete `-wal`/`-shm` under the newcomers.
+/// The replaced file is kept (with this instance's presence) until the node goes idle,
+/// so processes that have not noticed yet still see this one.
+pub(crate) fn check_lock_file(node: &DbNode, st: &mut DbState, strict: bool) -> Result<(), c_int> {
+    let Some(lf) = st.lock_file.as_ref() else {
+        return ensure_lock_file(node, st);
+    };
+    if st.lifecycle_holder.is_some() {
+        return Ok(()); // mid set-up or tear-down: checked when it began
+    }
+    // The fast path needs a watcher that covers this database's directory.
+    let epoch = crate::g4_sidecar_watch::epoch();
+    let watched = st.watch != 0 && st.watch == crate::g4_sidecar_watch::instance();
+    if !strict && watched && epoch == st.lock_file_epoch {
+        return Ok(());
+    }
+    if lf.still_at_path() {
+        st.lock_file_epoch = epoch;
+        return Ok(());
+    }
+    replace_lock_file(node, st)?;
+    st.lock_file_epoch = epoch;
+    Ok(())
+}
+
+fn replace_lock_file(node: &DbNode, st: &mut DbState) -> Result<(), c_int> {
+    let Some(old) = st.lock_file.take() else {
+        return Ok(());
+    };
+    bump!(lock_file_replaced);
+    tracing::warn!(target: "walguard", path = %old.path,
+        "the walguard lock file was removed or replaced while this process used it; moving to the file now at the path (do not remove <db>-walguard while processes have the database open)");
+    if let Err(rc) = open_lock_file(node, st) {
+        st.lock_file = Some(old);
+        return Err(rc);
+    }
+    if st.shm.is_some() {
+        if let Some(new) = st.lock_file.as_ref() {
+            let _ = new.hold_presence();
+            let new_fd = new.fd_for_locks();
+            if let Some(shm) = st.shm.as_ref() {
+                let mut locks = shm.locks.lock();
+                // Mirrors move only between transactions; a WRITE/CKPT held now stays
+                // mirrored on the old file until this mapping ends.
+                if locks.slots[..2].iter().all(|&v| v >= 0) {
+                    locks.mirror_fd = new_fd;
+                }
+            }
+        }
+    }
+    st.retired_lock_files.push(old);
+    Ok(())
+}
+
+fn open_lock_file(node: &DbNode, st: &mut DbState) -> Result<(), c_int> {
     match LockFile::open(&node.cpath) {
         Ok(lf) => {
             if !lf.writable() {
@@ -104,7 +167,12 @@ pub(crate) fn release_locked(st: &mut DbState, id: u64) {
 /// register presence. Err(SQLITE_BUSY) when another set-up or tear-down is under way.
 pub(crate) fn begin_setup(node: &DbNode, id: u64) -> Result<(), c_int> {
     let mut st = node.state.lock();
-    ensure_lock_file(node, &mut st)?;
+    if st.shm.is_some() {
+        // This process maps the `-shm` already: the new handle shares that mapping (the
+        // wrapped VFS never re-initialises an index it maps), and presence is held.
+        return Ok(());
+    }
+    check_lock_file(node, &mut st, false)?;
     if !try_acquire(&mut st, id) {
         bump!(setup_busy);
         tracing::debug!(target: "walguard", path = %node.path, decision = "busy",
@@ -121,6 +189,9 @@ pub(crate) fn begin_setup(node: &DbNode, id: u64) -> Result<(), c_int> {
 pub(crate) fn begin_teardown(node: &DbNode, id: u64) -> bool {
     {
         let mut st = node.state.lock();
+        if check_lock_file(node, &mut st, true).is_err() {
+            return false;
+        }
         if !try_acquire(&mut st, id) {
             drop(st);
             bump!(teardown_busy);

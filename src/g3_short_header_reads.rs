@@ -48,20 +48,24 @@ pub(crate) const BACKOFF_MS: [u64; 8] = [0, 1, 2, 4, 8, 16, 32, 40];
 /// `offset` is below 100. Returns `SQLITE_OK` (the buffer now holds the data),
 /// `SQLITE_IOERR_SHORT_READ` (the file really ends there; the unread tail is zero), or an
 /// I/O error (`SQLITE_IOERR_READ` when the read stayed short, or whatever error a retry
-/// returned).
+/// returned). `last_known` is the largest size this handle has proven (a complete header
+/// read, its own truncate): a size at or below `offset` is then not believed at once — it
+/// is the same transient failure as the short read — but only when every retry sees it.
 pub(crate) fn on_short_header_read(
     f: &mut dyn FileOps,
     path: &str,
     buf: &mut [u8],
     offset: i64,
+    last_known: i64,
 ) -> c_int {
     let want = buf.len();
     if want == 0 || offset < 0 {
         return SQLITE_IOERR_SHORT_READ;
     }
+    let distrust_small = last_known > offset;
     // A genuinely empty (new) or short file: nothing to retry.
     if let Ok(size) = f.size() {
-        if size <= offset {
+        if size <= offset && !distrust_small {
             return SQLITE_IOERR_SHORT_READ;
         }
     }
@@ -74,13 +78,16 @@ pub(crate) fn on_short_header_read(
         // The size can change between attempts (and may have been unknown at first).
         let size = f.size().ok();
         if let Some(s) = size {
+            last_size = Some(s);
             if s <= offset {
-                // Now genuinely short (the file was truncated under us): nothing of the
-                // range exists, so the whole buffer is zero as for any short read.
+                if distrust_small && attempt + 1 < BACKOFF_MS.len() {
+                    continue; // the file was bigger: see whether the size comes back
+                }
+                // Genuinely short (the file was truncated): nothing of the range exists,
+                // so the whole buffer is zero as for any short read.
                 buf.fill(0);
                 return SQLITE_IOERR_SHORT_READ;
             }
-            last_size = Some(s);
         }
         // How many bytes of the range the file holds (all of them when unknown).
         let avail = match size {
@@ -389,7 +396,7 @@ mod tests {
         f.reads.push_back(ReadFault::Empty); // the first retry is short too
         let mut buf = vec![0u8; 100]; // as the wrapped read left it
         let before = stats().header_retries;
-        let (rc, events) = capture(|| on_short_header_read(&mut f, "/d/app.db", &mut buf, 0));
+        let (rc, events) = capture(|| on_short_header_read(&mut f, "/d/app.db", &mut buf, 0, 0));
         assert_eq!(rc, SQLITE_OK);
         assert_eq!(&buf[..], &db_bytes(2)[..100]);
         assert!(stats().header_retries > before);
@@ -404,11 +411,44 @@ mod tests {
     }
 
     #[test]
+    fn a_transient_size_of_zero_at_a_short_read_is_not_believed() {
+        // Defect 5: a short header read plus one fstat of 0 used to be taken as a new,
+        // empty file (zero-filled header: SQLITE_NOTADB for a good database). With the
+        // last size the handle proved, that 0 is retried like the read.
+        let mut f = FakeFile::with_data(db_bytes(2));
+        f.sizes.push_back(Ok(0)); // the first xFileSize lies
+        let mut buf = vec![0u8; 100];
+        let rc = on_short_header_read(&mut f, "/d/app.db", &mut buf, 0, 2 * 4096);
+        assert_eq!(rc, SQLITE_OK, "the header is read once the size is back");
+        assert_eq!(&buf[..], &db_bytes(2)[..100]);
+
+        // Without a proven size the same 0 is believed (a new database), as before.
+        let mut f = FakeFile::with_data(db_bytes(2));
+        f.sizes.push_back(Ok(0));
+        let mut buf = vec![0u8; 100];
+        let rc = on_short_header_read(&mut f, "/d/app.db", &mut buf, 0, 0);
+        assert_eq!(rc, SQLITE_IOERR_SHORT_READ);
+    }
+
+    #[test]
+    fn a_size_that_stays_zero_is_reported_as_the_truth() {
+        // A size is never invented: a file that really was truncated reads as empty.
+        let mut f = FakeFile::with_data(Vec::new());
+        let mut buf = vec![7u8; 100];
+        let rc = on_short_header_read(&mut f, "/d/gone.db", &mut buf, 0, 4096);
+        assert_eq!(rc, SQLITE_IOERR_SHORT_READ);
+        assert!(
+            buf.iter().all(|&b| b == 0),
+            "zero-filled as for any short read"
+        );
+    }
+
+    #[test]
     fn whole_page_one_is_retried_too() {
         let data = db_bytes(3);
         let mut f = FakeFile::with_data(data.clone());
         let mut buf = vec![0u8; 4096];
-        let rc = on_short_header_read(&mut f, "/d/app.db", &mut buf, 0);
+        let rc = on_short_header_read(&mut f, "/d/app.db", &mut buf, 0, 0);
         assert_eq!(rc, SQLITE_OK);
         assert_eq!(&buf[..], &data[..4096]);
         assert!(f.pauses.is_empty(), "the first retry is immediate");
@@ -420,7 +460,7 @@ mod tests {
         f.reads.extend([ReadFault::Empty; 32]);
         let mut buf = vec![0u8; 100];
         let before = stats().header_retry_exhausted;
-        let (rc, events) = capture(|| on_short_header_read(&mut f, "/d/app.db", &mut buf, 0));
+        let (rc, events) = capture(|| on_short_header_read(&mut f, "/d/app.db", &mut buf, 0, 0));
         assert_eq!(rc, SQLITE_IOERR_READ);
         assert_ne!(rc, libsqlite3_sys::SQLITE_NOTADB);
         assert!(stats().header_retry_exhausted > before);
@@ -448,13 +488,13 @@ mod tests {
         f.reads.extend([ReadFault::Empty; BACKOFF_MS.len()]);
         let mut buf = vec![0u8; 100];
         assert_eq!(
-            on_short_header_read(&mut f, "/d/app.db", &mut buf, 0),
+            on_short_header_read(&mut f, "/d/app.db", &mut buf, 0, 0),
             SQLITE_IOERR_READ
         );
         // The caller retries later: the fault is gone.
         f.reads.push_back(ReadFault::Empty); // its own first read was short once more
         assert_eq!(
-            on_short_header_read(&mut f, "/d/app.db", &mut buf, 0),
+            on_short_header_read(&mut f, "/d/app.db", &mut buf, 0, 0),
             SQLITE_OK
         );
         assert_eq!(&buf[..16], b"SQLite format 3\0");
@@ -464,7 +504,7 @@ mod tests {
     fn genuinely_empty_file_is_left_short() {
         let mut f = FakeFile::with_data(Vec::new());
         let mut buf = vec![0u8; 100];
-        let (rc, events) = capture(|| on_short_header_read(&mut f, "/d/new.db", &mut buf, 0));
+        let (rc, events) = capture(|| on_short_header_read(&mut f, "/d/new.db", &mut buf, 0, 0));
         assert_eq!(rc, SQLITE_IOERR_SHORT_READ);
         assert_eq!(f.read_calls, 0, "no retry");
         assert!(f.pauses.is_empty());
@@ -477,7 +517,7 @@ mod tests {
         let mut f = FakeFile::with_data(vec![1u8; 24]);
         let mut buf = vec![0u8; 16];
         assert_eq!(
-            on_short_header_read(&mut f, "/d/x.db", &mut buf, 24),
+            on_short_header_read(&mut f, "/d/x.db", &mut buf, 24, 0),
             SQLITE_IOERR_SHORT_READ
         );
         assert_eq!(f.read_calls, 0);
@@ -491,7 +531,7 @@ mod tests {
         let mut f = FakeFile::with_data(data.clone());
         f.reads.push_back(ReadFault::Empty);
         let mut buf = vec![0u8; 4096];
-        let rc = on_short_header_read(&mut f, "/d/p.db", &mut buf, 0);
+        let rc = on_short_header_read(&mut f, "/d/p.db", &mut buf, 0, 0);
         assert_eq!(rc, SQLITE_IOERR_SHORT_READ);
         assert_eq!(&buf[..1000], &data[..]);
         assert!(buf[1000..].iter().all(|&b| b == 0));
@@ -502,7 +542,7 @@ mod tests {
         let data = db_bytes(1)[..1000].to_vec();
         let mut f = FakeFile::with_data(data);
         let mut buf = vec![0u8; 4096];
-        let (rc, events) = capture(|| on_short_header_read(&mut f, "/d/p.db", &mut buf, 0));
+        let (rc, events) = capture(|| on_short_header_read(&mut f, "/d/p.db", &mut buf, 0, 0));
         assert_eq!(rc, SQLITE_IOERR_SHORT_READ);
         assert!(f.pauses.is_empty());
         assert!(events.is_empty(), "{events:?}");
@@ -514,7 +554,7 @@ mod tests {
         f.reads.push_back(ReadFault::Empty);
         f.sizes.extend([Ok(4096), Ok(4096), Ok(0)]);
         let mut buf = vec![7u8; 100];
-        let rc = on_short_header_read(&mut f, "/d/t.db", &mut buf, 0);
+        let rc = on_short_header_read(&mut f, "/d/t.db", &mut buf, 0, 0);
         assert_eq!(rc, SQLITE_IOERR_SHORT_READ);
         assert!(buf.iter().all(|&b| b == 0));
     }
@@ -525,7 +565,7 @@ mod tests {
         f.sizes.push_back(Err(SQLITE_IOERR_FSTAT));
         let mut buf = vec![0u8; 100];
         assert_eq!(
-            on_short_header_read(&mut f, "/d/u.db", &mut buf, 0),
+            on_short_header_read(&mut f, "/d/u.db", &mut buf, 0, 0),
             SQLITE_OK
         );
         assert_eq!(&buf[..16], b"SQLite format 3\0");
@@ -538,7 +578,7 @@ mod tests {
         f.reads.extend([ReadFault::Empty; 32]);
         let mut buf = vec![0u8; 100];
         assert_eq!(
-            on_short_header_read(&mut f, "/d/u.db", &mut buf, 0),
+            on_short_header_read(&mut f, "/d/u.db", &mut buf, 0, 0),
             SQLITE_IOERR_READ
         );
     }
@@ -550,7 +590,7 @@ mod tests {
             .push_back(ReadFault::Error(libsqlite3_sys::SQLITE_IOERR_CORRUPTFS));
         let mut buf = vec![0u8; 100];
         assert_eq!(
-            on_short_header_read(&mut f, "/d/e.db", &mut buf, 0),
+            on_short_header_read(&mut f, "/d/e.db", &mut buf, 0, 0),
             libsqlite3_sys::SQLITE_IOERR_CORRUPTFS
         );
     }
@@ -562,7 +602,7 @@ mod tests {
         let mut f = FakeFile::with_data(data.clone());
         let mut buf = vec![0u8; 16];
         assert_eq!(
-            on_short_header_read(&mut f, "/d/o.db", &mut buf, 24),
+            on_short_header_read(&mut f, "/d/o.db", &mut buf, 24, 0),
             SQLITE_OK
         );
         assert_eq!(&buf[..], &data[24..40]);

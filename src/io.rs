@@ -39,6 +39,9 @@ pub(crate) enum Kind {
 pub(crate) struct FileState {
     kind: Kind,
     id: u64,
+    /// The ownership generation at open (`fork_safety`): a handle inherited through
+    /// `fork()` is forward-only in the child.
+    generation: u64,
     vfs_name: &'static str,
     /// The SQLite library this file's VFS is registered in (owns VFSNAME strings).
     api: &'static crate::api::Api,
@@ -47,10 +50,15 @@ pub(crate) struct FileState {
     /// The lock level SQLite holds through this handle.
     level: c_int,
     shm: Option<Arc<ShmNode>>,
+    /// This handle's first `xShmMap` succeeded (guarded or not): later calls map further
+    /// pages of the same index and never re-run set-up.
+    shm_attached: bool,
     hold: ShmHold,
-    /// The `-wal` identity this handle's connection opened, and its path (G4).
+    /// The `-wal` identity this handle's own connection opened, and its path (G4).
     wal_inode: Option<Inode>,
     wal_path: Option<std::ffi::CString>,
+    /// What this handle wrote since its size was last verified (G5).
+    written: g5::Written,
     /// When the sidecars were last confirmed, and the watch epoch then (G4).
     checked: g4::Checked,
     seen_epoch: u64,
@@ -58,6 +66,14 @@ pub(crate) struct FileState {
     last_size: i64,
     /// The connection asked for `readonly_shm=1` (walguard then never creates a `-shm`).
     readonly_shm: bool,
+}
+
+impl FileState {
+    /// Whether this handle was opened by a parent process before a fork (see
+    /// `fork_safety`): it is then forward-only. One relaxed atomic load.
+    fn inherited(&self) -> bool {
+        self.generation != crate::fork_safety::generation()
+    }
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -174,6 +190,7 @@ pub(crate) unsafe fn opened(
     name: *const c_char,
     flags: c_int,
     wal_id: Option<g4::FileId>,
+    wal_epoch: u64,
     vfs_name: &'static str,
     api: &'static crate::api::Api,
 ) -> c_int {
@@ -204,7 +221,7 @@ pub(crate) unsafe fn opened(
     };
     if kind == Kind::Wal && !name.is_null() {
         // SAFETY: as above.
-        note_wal_opened(unsafe { std::ffi::CStr::from_ptr(name) }, wal_id);
+        note_wal_opened(unsafe { std::ffi::CStr::from_ptr(name) }, wal_id, wal_epoch);
     }
     bump!(files_opened);
     match kind {
@@ -216,15 +233,18 @@ pub(crate) unsafe fn opened(
     let st = Box::new(FileState {
         kind,
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        generation: crate::fork_safety::generation(),
         vfs_name,
         api,
         path,
         db,
         level: ffi::SQLITE_LOCK_NONE,
         shm: None,
+        shm_attached: false,
         hold: ShmHold::default(),
         wal_inode: None,
         wal_path: None,
+        written: g5::Written::default(),
         checked: g4::Checked::default(),
         seen_epoch: 0,
         last_size: 0,
@@ -243,18 +263,49 @@ pub(crate) unsafe fn opened(
     ffi::SQLITE_OK
 }
 
+/// The `-wal` a connection opened, waiting for the first `xShmMap` of that connection's
+/// database handle. SQLite opens a connection's `-wal` (`sqlite3WalOpen`) and maps its
+/// WAL index in the same call on the same thread, before any other connection of the
+/// thread can open another `-wal`; so the identity belongs to one connection, not to the
+/// database (two connections of a process may have opened different `-wal` files if one
+/// was replaced in between: each must be checked against its own).
+struct OpenedWal {
+    path: std::ffi::CString,
+    id: Option<g4::FileId>,
+    /// The watch epoch before the identity was proven (G4 fast path).
+    epoch: u64,
+}
+
+thread_local! {
+    static OPENED_WAL: std::cell::RefCell<Option<OpenedWal>> = const { std::cell::RefCell::new(None) };
+}
+
 /// Records the identity of the `-wal` the wrapped VFS just opened (proven by
-/// [`g4::confirm_opened`]; `None` when it could not be) for its database (G4).
-fn note_wal_opened(wal: &std::ffi::CStr, id: Option<g4::FileId>) {
-    let Some(db) = wal.to_bytes().strip_suffix(b"-wal") else {
-        return;
-    };
-    let Ok(db) = std::ffi::CString::new(db) else {
-        return;
-    };
-    if let Some(node) = registry::find_by_path(&db) {
-        node.state.lock().wal_inode = id.map(|id| (id.dev, id.ino));
-    }
+/// [`g4::confirm_opened`]; `None` when it could not be), for this thread's next first
+/// mapping of its database (G4).
+fn note_wal_opened(wal: &std::ffi::CStr, id: Option<g4::FileId>, epoch: u64) {
+    let _ = OPENED_WAL.try_with(|w| {
+        *w.borrow_mut() = Some(OpenedWal {
+            path: wal.to_owned(),
+            id,
+            epoch,
+        })
+    });
+}
+
+/// The `-wal` this thread opened last, if it is `wal_path` (taken: used once).
+fn take_opened_wal(wal_path: &std::ffi::CStr) -> Option<OpenedWal> {
+    OPENED_WAL
+        .try_with(|w| {
+            let mut w = w.borrow_mut();
+            if w.as_ref().is_some_and(|o| o.path.as_c_str() == wal_path) {
+                w.take()
+            } else {
+                None
+            }
+        })
+        .ok()
+        .flatten()
 }
 
 unsafe extern "C" fn x_close(file: *mut ffi::sqlite3_file) -> c_int {
@@ -266,11 +317,18 @@ unsafe extern "C" fn x_close(file: *mut ffi::sqlite3_file) -> c_int {
         let mut st = unsafe { Box::from_raw((*wg).state) };
         // SAFETY: as above.
         unsafe { (*wg).state = std::ptr::null_mut() };
+        if st.inherited() {
+            // Opened by the parent process before a fork: its walguard state names the
+            // parent's descriptors and locks. Close like plain unix; leak the state.
+            let rc = fwd!(inner, xClose);
+            std::mem::forget(st);
+            return rc;
+        }
         if let (Some(node), Some(shm)) = (st.db.clone(), st.shm.take()) {
             // Never unmapped (SQLite always unmaps first; be safe anyway).
             g1::release_all(&shm, &mut st.hold);
             drop(shm);
-            g1::detach_shm(&node);
+            g1::detach_shm(&node, false);
         }
         let rc = fwd!(inner, xClose);
         if let Some(node) = st.db.as_ref() {
@@ -299,10 +357,16 @@ unsafe extern "C" fn x_read(
         if rc == ffi::SQLITE_IOERR_SHORT_READ && ofst < 100 {
             // SAFETY: as above.
             let st = unsafe { state(file) };
-            if st.kind == Kind::MainDb && amt > 0 {
+            if st.kind == Kind::MainDb && amt > 0 && !st.inherited() {
                 // SAFETY: SQLite's buffer holds `amt` bytes.
                 let slice = unsafe { std::slice::from_raw_parts_mut(buf as *mut u8, amt as usize) };
-                let rc = g3::on_short_header_read(&mut InnerOps(inner), &st.path, slice, ofst);
+                let rc = g3::on_short_header_read(
+                    &mut InnerOps(inner),
+                    &st.path,
+                    slice,
+                    ofst,
+                    st.last_size,
+                );
                 if rc == ffi::SQLITE_OK {
                     st.last_size = st.last_size.max(ofst + i64::from(amt));
                 }
@@ -329,14 +393,34 @@ unsafe extern "C" fn x_write(
 ) -> c_int {
     guard("xWrite", ffi::SQLITE_IOERR_WRITE, || {
         // SAFETY: SQLite passes an open walguard file.
-        fwd!(unsafe { inner(file) }, xWrite, buf, amt, ofst)
+        let rc = fwd!(unsafe { inner(file) }, xWrite, buf, amt, ofst);
+        if rc == ffi::SQLITE_OK {
+            // SAFETY: as above.
+            let st = unsafe { state(file) };
+            if st.kind == Kind::MainDb {
+                // G5 bookkeeping: arithmetic only, no system call.
+                st.written.wrote(ofst, i64::from(amt));
+            }
+        }
+        rc
     })
 }
 
 unsafe extern "C" fn x_truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
     guard("xTruncate", ffi::SQLITE_IOERR_TRUNCATE, || {
         // SAFETY: SQLite passes an open walguard file.
-        fwd!(unsafe { inner(file) }, xTruncate, size)
+        let rc = fwd!(unsafe { inner(file) }, xTruncate, size);
+        if rc == ffi::SQLITE_OK {
+            // SAFETY: as above.
+            let st = unsafe { state(file) };
+            if st.kind == Kind::MainDb {
+                // This handle's own truncate proves the size (G3 and G5 judge from it:
+                // a stacked shim such as multiplex truncates its chunk files to 0).
+                st.written.truncated(size);
+                st.last_size = size;
+            }
+        }
+        rc
     })
 }
 
@@ -347,8 +431,8 @@ unsafe extern "C" fn x_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int
         let rc = fwd!(inner, xSync, flags);
         // SAFETY: as above.
         let st = unsafe { state(file) };
-        if rc == ffi::SQLITE_OK && st.kind == Kind::MainDb {
-            return g5::check_after_sync(&mut InnerOps(inner), &st.path);
+        if rc == ffi::SQLITE_OK && st.kind == Kind::MainDb && !st.inherited() {
+            return g5::check_after_sync(&mut InnerOps(inner), &st.path, &mut st.written);
         }
         rc
     })
@@ -361,7 +445,7 @@ unsafe extern "C" fn x_file_size(file: *mut ffi::sqlite3_file, out: *mut i64) ->
         let rc = fwd!(inner, xFileSize, out);
         // SAFETY: as above.
         let st = unsafe { state(file) };
-        if st.kind != Kind::MainDb {
+        if st.kind != Kind::MainDb || st.inherited() {
             return rc;
         }
         // SAFETY: `out` is writable.
@@ -396,12 +480,17 @@ unsafe extern "C" fn x_lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int
     guard("xLock", ffi::SQLITE_IOERR_LOCK, || {
         // SAFETY: SQLite passes an open walguard file.
         let (inner, st) = unsafe { (inner(file), state(file)) };
-        let Some(node) = st.db.clone() else {
+        let Some(node) = st.db.clone().filter(|_| !st.inherited()) else {
             return fwd!(inner, xLock, level);
         };
-        let dropped = level == ffi::SQLITE_LOCK_EXCLUSIVE
-            && st.level < level
-            && g1::before_exclusive(&node, st.id);
+        let dropped = if level == ffi::SQLITE_LOCK_EXCLUSIVE && st.level < level {
+            match g1::before_exclusive(&node, st.id, st.shm_attached) {
+                Ok(d) => d,
+                Err(rc) => return rc,
+            }
+        } else {
+            false
+        };
         let rc = fwd!(inner, xLock, level);
         if rc == ffi::SQLITE_OK {
             if st.level == ffi::SQLITE_LOCK_NONE && level >= ffi::SQLITE_LOCK_SHARED {
@@ -420,7 +509,9 @@ unsafe extern "C" fn x_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_i
         // SAFETY: SQLite passes an open walguard file.
         let (inner, st) = unsafe { (inner(file), state(file)) };
         let rc = fwd!(inner, xUnlock, level);
-        let Some(node) = st.db.clone() else { return rc };
+        let Some(node) = st.db.clone().filter(|_| !st.inherited()) else {
+            return rc;
+        };
         if st.level > level {
             if st.level >= ffi::SQLITE_LOCK_EXCLUSIVE {
                 g1::left_exclusive(&node, st.id, level != ffi::SQLITE_LOCK_NONE);
@@ -456,6 +547,9 @@ unsafe extern "C" fn x_file_control(
     guard("xFileControl", ffi::SQLITE_IOERR, || {
         // SAFETY: SQLite passes an open walguard file.
         let (inner, st) = unsafe { (inner(file), state(file)) };
+        if st.inherited() && op != ffi::SQLITE_FCNTL_VFSNAME {
+            return fwd!(inner, xFileControl, op, arg);
+        }
         match op {
             ffi::SQLITE_FCNTL_VFSNAME => {
                 let rc = fwd!(inner, xFileControl, op, arg);
@@ -475,8 +569,12 @@ unsafe extern "C" fn x_file_control(
                 // SAFETY: for PERSIST_WAL, arg is an `int*`.
                 let query = unsafe { *slot } < 0;
                 let rc = fwd!(inner, xFileControl, op, arg);
+                // Only SQLite's own last-close question (asked while it holds EXCLUSIVE)
+                // starts a tear-down; an application's query at any other time is
+                // answered as the wrapped VFS answers it.
+                let at_exclusive = st.level >= ffi::SQLITE_LOCK_EXCLUSIVE;
                 // SAFETY: as above.
-                if rc == ffi::SQLITE_OK && query && unsafe { *slot } == 0 {
+                if rc == ffi::SQLITE_OK && query && at_exclusive && unsafe { *slot } == 0 {
                     if let Some(node) = st.db.as_ref() {
                         if !g2::begin_teardown(node, st.id) {
                             // SAFETY: as above.
@@ -532,14 +630,25 @@ unsafe extern "C" fn x_shm_map(
     guard("xShmMap", ffi::SQLITE_IOERR_SHMMAP, || {
         // SAFETY: SQLite passes an open walguard file.
         let (inner, st) = unsafe { (inner(file), state(file)) };
-        let node = match (&st.shm, &st.db) {
-            (None, Some(node)) => node.clone(),
+        let node = match &st.db {
+            Some(node) if !st.shm_attached && !st.inherited() => node.clone(),
             _ => return fwd!(inner, xShmMap, page, page_size, extend, out),
         };
+        // The `-wal` this connection opened just before (per connection, G4): taken at
+        // the first attempt, kept across retries.
+        if st.wal_path.is_none() {
+            let wal_path = std::ffi::CString::new([node.cpath.to_bytes(), b"-wal"].concat()).ok();
+            if let Some(opened) = wal_path.as_deref().and_then(take_opened_wal) {
+                st.wal_inode = opened.id.map(|id| (id.dev, id.ino));
+                st.seen_epoch = opened.epoch;
+            }
+            st.wal_path = wal_path;
+        }
         // A handle's first mapping: WAL set-up, serialised (G2).
         if let Err(rc) = g2::begin_setup(&node, st.id) {
             return rc;
         }
+        let epoch_before = crate::g4_sidecar_watch::epoch();
         let prep = g1::prepare_shm(&node, st.readonly_shm);
         let mut rc = fwd!(inner, xShmMap, page, page_size, extend, out);
         // The wrapped VFS attached this handle to its shared memory (even when the page
@@ -549,9 +658,15 @@ unsafe extern "C" fn x_shm_map(
             match g1::attach_shm(&node, prep) {
                 Ok(shm) => {
                     st.shm = shm;
-                    st.wal_inode = node.state.lock().wal_inode;
-                    st.wal_path =
-                        std::ffi::CString::new([node.cpath.to_bytes(), b"-wal"].concat()).ok();
+                    st.shm_attached = true;
+                    // Both identities were proven after these epochs (the `-wal` at its
+                    // open, the `-shm` by attach's `stat`): the first transaction need not
+                    // prove them again unless an event came since (0: no watcher).
+                    if st.wal_inode.is_none() || st.seen_epoch == 0 || epoch_before == 0 {
+                        st.seen_epoch = 0;
+                    } else {
+                        st.seen_epoch = st.seen_epoch.min(epoch_before);
+                    }
                 }
                 Err(g1::Retry) => {
                     // Undo the mapping; SQLite treats BUSY from a first xShmMap as
@@ -563,7 +678,7 @@ unsafe extern "C" fn x_shm_map(
                 }
             }
         } else {
-            g1::abandon_shm(prep);
+            g1::abandon_shm(&node, prep);
         }
         g2::release(&node, st.id);
         rc
@@ -579,7 +694,7 @@ unsafe extern "C" fn x_shm_lock(
     guard("xShmLock", ffi::SQLITE_IOERR_SHMLOCK, || {
         // SAFETY: SQLite passes an open walguard file.
         let (inner, st) = unsafe { (inner(file), state(file)) };
-        let Some(shm) = st.shm.as_ref().filter(|s| s.writable) else {
+        let Some(shm) = st.shm.as_ref().filter(|s| s.writable && !st.inherited()) else {
             return fwd!(inner, xShmLock, ofst, n, flags);
         };
         let rc = g1::shm_lock(shm, &mut st.hold, ofst, n, flags);
@@ -593,8 +708,8 @@ unsafe extern "C" fn x_shm_lock(
         // it must not run from a replaced one either.
         let write = write || (locking && flags & ffi::SQLITE_SHM_EXCLUSIVE != 0 && ofst == 1);
         if rc == ffi::SQLITE_OK && (write || read) && st.checked.due(write) {
-            // One non-blocking inotify read says whether anything happened to a sidecar
-            // since this connection last confirmed them; only then the `stat`s.
+            // The watcher's epoch (an atomic load) says whether anything happened to a
+            // sidecar since this connection last confirmed them; only then the `stat`s.
             let (must, epoch) = crate::g4_sidecar_watch::must_check(shm.watch, st.seen_epoch);
             if must {
                 if let Err(code) = check_sidecars(st, shm) {
@@ -651,9 +766,10 @@ unsafe extern "C" fn x_shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) ->
     guard("xShmUnmap", ffi::SQLITE_IOERR_SHMMAP, || {
         // SAFETY: SQLite passes an open walguard file.
         let (inner, st) = unsafe { (inner(file), state(file)) };
-        let Some(node) = st.db.clone() else {
+        let Some(node) = st.db.clone().filter(|_| !st.inherited()) else {
             return fwd!(inner, xShmUnmap, delete);
         };
+        st.shm_attached = false;
         let mut delete = delete;
         // Refused even where walguard does not serve this handle's WAL locks (degraded):
         // presence and the dead-man-switch probe still see the other holders.
@@ -669,7 +785,7 @@ unsafe extern "C" fn x_shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) ->
         g1::release_all(&shm, &mut st.hold);
         let rc = fwd!(inner, xShmUnmap, delete);
         drop(shm);
-        g1::detach_shm(&node);
+        g1::detach_shm(&node, delete != 0 && rc == ffi::SQLITE_OK);
         rc
     })
 }

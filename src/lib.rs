@@ -26,6 +26,7 @@ mod api;
 mod ext;
 mod fd;
 mod file_ops;
+mod fork_safety;
 pub mod g1_one_wal_index;
 mod g2_wal_lifecycle;
 mod g3_short_header_reads;
@@ -153,6 +154,22 @@ pub fn register(options: Options) -> Result<(), Error> {
     vfs::register(&options)
 }
 
+/// The environment variable that makes walguard also write its warnings to stderr
+/// (`WALGUARD_STDERR=1`). Without it walguard writes nothing to stdout or stderr: warnings
+/// go to `tracing` (target `walguard`), SQLite's log (`sqlite3_log`, SQLITE_WARNING) and
+/// the counters.
+pub const STDERR_ENV: &str = "WALGUARD_STDERR";
+
+/// Writes `msg` to stderr only when the user asked for it ([`STDERR_ENV`] set to anything
+/// but `0` or empty).
+pub(crate) fn stderr_if_asked(msg: &str) {
+    let asked = std::env::var_os(STDERR_ENV).is_some_and(|v| !v.is_empty() && v != "0");
+    if asked {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "{msg}");
+    }
+}
+
 /// A snapshot of every guard's counters (process-wide).
 pub fn stats() -> Stats {
     stats::snapshot()
@@ -173,5 +190,15 @@ pub mod testing {
 
     pub(crate) fn take_panic_request() -> bool {
         PANIC_ON_NEXT_OPEN.swap(false, Ordering::SeqCst)
+    }
+
+    #[cfg(test)]
+    pub(crate) static FAIL_NEXT_SHM_OPEN: AtomicBool = AtomicBool::new(false);
+
+    /// Unit tests: the next `-shm` preparation behaves as if the `-shm` could not be
+    /// opened (the handle's WAL locks stay with the wrapped VFS, unguarded).
+    #[cfg(test)]
+    pub(crate) fn take_shm_open_failure() -> bool {
+        FAIL_NEXT_SHM_OPEN.swap(false, Ordering::SeqCst)
     }
 }

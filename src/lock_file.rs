@@ -18,6 +18,8 @@ const LIFECYCLE: i64 = 1;
 pub(crate) struct LockFile {
     fd: RawFd,
     writable: bool,
+    /// `(st_dev, st_ino)` of the file opened.
+    inode: (u64, u64),
     pub(crate) path: String,
 }
 
@@ -79,7 +81,14 @@ impl LockFile {
         // O_NOFOLLOW only guards the last component; a non-regular file is refused too.
         match fd::fstat(fd) {
             Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
-                Ok(LockFile { fd, writable, path })
+                let fd = fd::own(fd);
+                let inode = crate::registry::inode_of(&st);
+                Ok(LockFile {
+                    fd,
+                    writable,
+                    inode,
+                    path,
+                })
             }
             Ok(_) => {
                 fd::close(fd);
@@ -115,15 +124,26 @@ impl LockFile {
         let _ = fd::ofd_lock(self.fd, Lock::Unlock, LIFECYCLE, 1);
     }
 
-    /// A duplicate descriptor of the lock file (for the WAL lock mirror), if writable.
-    pub(crate) fn dup_for_locks(&self) -> Option<std::os::fd::OwnedFd> {
-        use std::os::fd::BorrowedFd;
-        if !self.writable {
-            return None;
-        }
-        // SAFETY: `self.fd` is open for as long as `self` lives, which covers this call.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(self.fd) };
-        borrowed.try_clone_to_owned().ok()
+    /// Ends this instance's registration as a holder of the WAL index.
+    pub(crate) fn release_presence(&self) {
+        let _ = fd::ofd_lock(self.fd, Lock::Unlock, PRESENCE, 1);
+    }
+
+    /// The descriptor for the WAL lock mirror (WRITE/CKPT), if writable. It stays valid
+    /// for as long as this lock file: the registry keeps lock files until the database's
+    /// node is evicted, after every mapping that uses it ended.
+    pub(crate) fn fd_for_locks(&self) -> Option<RawFd> {
+        self.writable.then_some(self.fd)
+    }
+
+    /// Whether the path still names this lock file (G2: `rm <db>-walguard` while
+    /// processes run must not split presence and the life-cycle lock). An error reading
+    /// the path counts as "moved".
+    pub(crate) fn still_at_path(&self) -> bool {
+        let Ok(cpath) = CString::new(self.path.as_bytes()) else {
+            return false;
+        };
+        fd::stat(&cpath).is_ok_and(|st| crate::registry::inode_of(&st) == self.inode)
     }
 
     pub(crate) fn writable(&self) -> bool {

@@ -1,11 +1,32 @@
 //! Per-process state shared by every walguard handle of one database: one node per
-//! database inode (per copy of walguard loaded in the process), holding the mirror
-//! descriptors and lock counts the guards need.
+//! database inode (per copy of walguard loaded in the process).
 //!
 //! The registry is touched on open, first map, unmap and close — never on the per-page
-//! path. A mirror descriptor of a database or `-shm` is closed only when this process
-//! holds no POSIX lock on that inode any more; until then it waits in a deferred list,
-//! because closing it would cancel SQLite's own locks (the bug walguard exists to stop).
+//! path.
+//!
+//! ## Ownership of descriptors and locks
+//! Every descriptor below is owned by the process that opened it (recorded in the
+//! descriptor ledger, `fd::own`; a forked child closes its copies at the fork and forgets
+//! this registry, see `fork_safety`), names one inode, and is closed only by walguard:
+//!
+//! | descriptor | inode | locks on it (all OFD) | lives until |
+//! |---|---|---|---|
+//! | `DbNode::db_mirror` | the database | SHARED-range read mirror while a handle is at SHARED+ | the node is evicted |
+//! | `ShmNode::fd` | the `-shm` | WAL lock bytes 120..127 served by walguard, dead-man-switch mirror (128) | last unmap; then kept unlocked in `DbState::shm_kept` |
+//! | `DbState::shm_kept` | a `-shm` this process mapped | none | reused by the next mapping if the path still names it, else closed when safe |
+//! | `DbState::lock_file` | `<db>-walguard` | presence (0), life-cycle (1), WRITE/CKPT mirrors (120, 121) | the node is evicted |
+//! | `DbState::retired_lock_files` | a `<db>-walguard` removed from its path | presence | the node goes idle |
+//!
+//! A node outlives its last handle: the next connection to the same database reuses its
+//! descriptors (no open, no lock-file set-up, no check-then-close at every connection
+//! cycle). Closing a descriptor of a database or `-shm` would cancel every POSIX lock
+//! this process holds on that inode (SQLite's own, or another SQLite runtime's), so it is
+//! done only at eviction — when the database was unlinked, its path names another file
+//! now, or more than [`IDLE_CAP`] databases sit idle — and only after a probe found no
+//! POSIX lock of this process on the inode (else the close waits in a deferred list). The
+//! probe-then-close window at eviction remains (another runtime of this process could
+//! lock the same inode between the two); it is never crossed at an ordinary close.
+//! Lock files carry only OFD locks: closing them cancels nobody's lock.
 
 use crate::fd::{self, Lock};
 use crate::lock_file::LockFile;
@@ -14,6 +35,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
 /// `(st_dev, st_ino)`.
@@ -23,6 +45,9 @@ pub(crate) type Inode = (u64, u64);
 pub(crate) fn inode_of(st: &libc::stat) -> Inode {
     (st.st_dev as u64, st.st_ino as u64)
 }
+
+/// How many databases without an open handle a process keeps descriptors for.
+pub(crate) const IDLE_CAP: usize = 32;
 
 /// One database file as this walguard instance sees it.
 pub(crate) struct DbNode {
@@ -47,19 +72,37 @@ pub(crate) struct DbState {
     pub mirror_held: bool,
     /// The sidecar lock file, opened at the first WAL-index mapping.
     pub lock_file: Option<LockFile>,
+    /// Lock files that were removed or replaced at their path while this process used
+    /// them (G2, `replace_lock_file`): still held with presence, so processes that have
+    /// not noticed yet keep seeing this one. Closed when the node goes idle.
+    pub retired_lock_files: Vec<LockFile>,
     /// The lock file was tried and cannot be used (read-only place): logged once.
     pub lock_file_unusable: bool,
+    /// The watch epoch at which the lock file was last found at its path, and the
+    /// watcher instance that covers the database's directory (0: none).
+    pub lock_file_epoch: u64,
+    pub watch: u64,
     /// Handle id holding the life-cycle lock (G2), if any.
     pub lifecycle_holder: Option<u64>,
     pub shm: Option<Arc<ShmNode>>,
     pub shm_handles: usize,
+    /// The `-shm` descriptor of the last mapping, unlocked, for the next one.
+    pub shm_kept: Option<KeptShm>,
     /// The `-shm` dead-man-switch mirror is dropped for a tear-down attempt.
     pub dms_dropped: bool,
     /// The tear-down under way (life-cycle lock held) found no other holder: the unmap
     /// and delete that follow need not probe again.
     pub teardown_clear: bool,
-    /// Identity of the `-wal` most recently opened for this database (G4).
-    pub wal_inode: Option<Inode>,
+    /// When the node last went idle (for eviction order).
+    pub idle_since: u64,
+}
+
+/// A `-shm` descriptor kept between mappings.
+#[derive(Clone, Copy)]
+pub(crate) struct KeptShm {
+    pub fd: RawFd,
+    pub inode: Inode,
+    pub writable: bool,
 }
 
 /// The `-shm` of one database: the descriptor walguard owns and the WAL lock table that
@@ -71,61 +114,84 @@ pub(crate) struct ShmNode {
     pub writable: bool,
     pub inode: Inode,
     pub cpath: CString,
-    /// The inotify instance watching the database's directory (0: none; G4 then
-    /// checks with `stat` at every transaction).
+    /// The watch instance covering the database's directory (0: none; G4 then checks
+    /// with `stat` at every transaction).
     pub watch: u64,
-    /// Per WAL lock slot: 0 free, n > 0 shared by n handles, -1 exclusive.
-    pub slots: Mutex<[i32; 8]>,
-    /// The sidecar lock file (a duplicate descriptor), where the WRITE and CKPT locks
-    /// are mirrored too: a `-shm` that was removed or replaced under running processes
-    /// cannot give a second set of writers or checkpointers (see g1_one_wal_index).
-    pub lock_file: Option<std::os::fd::OwnedFd>,
+    /// Per WAL lock slot: 0 free, n > 0 shared by n handles, -1 exclusive; and the lock
+    /// file descriptor the WRITE/CKPT locks are mirrored on.
+    pub locks: Mutex<ShmLocks>,
+}
+
+pub(crate) struct ShmLocks {
+    pub slots: [i32; 8],
+    /// The lock file where the WRITE and CKPT locks are mirrored too (borrowed from
+    /// `DbState::lock_file`, which outlives every mapping): a `-shm` removed or replaced
+    /// under running processes cannot give a second set of writers or checkpointers.
+    pub mirror_fd: Option<RawFd>,
 }
 
 static DBS: LazyLock<Mutex<HashMap<Inode, Arc<DbNode>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
-/// Mirror descriptors waiting until closing them cancels nobody's POSIX locks.
+/// Descriptors waiting until closing them cancels nobody's POSIX locks.
 static DEFERRED: Mutex<Vec<(RawFd, u64)>> = Mutex::new(Vec::new());
+static IDLE_TICK: AtomicU64 = AtomicU64::new(0);
 
 /// Registers one more walguard handle on the main database SQLite just opened as `cpath`.
 pub(crate) fn attach_db(cpath: &CStr) -> Arc<DbNode> {
     let mut dbs = DBS.lock();
-    // Most opens name the database as before: no system call to find its node.
-    if let Some(node) = dbs.values().find(|n| n.cpath.as_c_str() == cpath) {
-        node.state.lock().handles += 1;
-        return node.clone();
+    // Most opens name the database as before: no system call while a handle is open.
+    if let Some(node) = dbs.values().find(|n| n.cpath.as_c_str() == cpath).cloned() {
+        let mut st = node.state.lock();
+        if st.handles > 0 {
+            st.handles += 1;
+            drop(st);
+            return node;
+        }
+        // An idle node: does the path still name that file?
+        if fd::stat(cpath).is_ok_and(|s| inode_of(&s) == node.inode) {
+            st.handles = 1;
+            drop(st);
+            return node;
+        }
+        drop(st);
+        evict(&mut dbs, &node);
     }
-    let known = || fd::stat(cpath).ok().map(|st| inode_of(&st));
+    let by_path = fd::stat(cpath).ok().map(|st| inode_of(&st));
+    if let Some(node) = by_path.and_then(|i| dbs.get(&i).cloned()) {
+        // The same database under another name (a link).
+        node.state.lock().handles += 1;
+        return node;
+    }
     let path = cpath.to_string_lossy().into_owned();
-    // Without OFD locks (non-Linux) a mirror could hold nothing and could never be
-    // proven safe to close: none is opened (the degradation was logged at registration).
+    // Without OFD locks (non-Linux) a mirror could hold nothing: none is opened (the
+    // degradation was logged at registration).
     let mirror = if fd::HAVE_OFD {
-        fd::open(cpath, libc::O_RDONLY, 0)
+        fd::open(cpath, libc::O_RDONLY, 0).map(fd::own)
     } else {
         Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
     };
     let (db_mirror, inode) = match mirror {
-        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => (None, known()),
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => (None, by_path),
         Ok(fd) => (
             Some(fd),
-            fd::fstat(fd).ok().map(|st| inode_of(&st)).or_else(known),
+            fd::fstat(fd).ok().map(|st| inode_of(&st)).or(by_path),
         ),
         Err(e) => {
             bump!(degraded);
             tracing::warn!(target: "walguard", path = %path, error = %e,
                 "cannot open a mirror descriptor of the database; lost-lock protection (G1) is off for it");
-            (None, known())
+            (None, by_path)
         }
     };
     let inode = inode.unwrap_or((0, 0));
-    if let Some(node) = dbs.get(&inode) {
-        // The same database under another name (a link): keep the fresh descriptor
-        // until closing it cannot cancel SQLite's locks.
+    if let Some(node) = dbs.get(&inode).cloned() {
+        // Renamed between the stat and the open: keep the fresh descriptor until closing
+        // it cannot cancel SQLite's locks.
         if let Some(fd) = db_mirror {
-            defer_close(fd, inode.1);
+            close_when_safe(fd, inode.1);
         }
         node.state.lock().handles += 1;
-        return node.clone();
+        return node;
     }
     let node = Arc::new(DbNode {
         inode,
@@ -141,7 +207,9 @@ pub(crate) fn attach_db(cpath: &CStr) -> Arc<DbNode> {
     node
 }
 
-/// One walguard handle on `node` closed (after the wrapped file was closed).
+/// One walguard handle on `node` closed (after the wrapped file was closed). The last
+/// one leaves the node cached, idle; it is evicted only if the database was unlinked or
+/// too many databases are idle.
 pub(crate) fn detach_db(node: &Arc<DbNode>) {
     let mut dbs = DBS.lock();
     let mut st = node.state.lock();
@@ -149,18 +217,53 @@ pub(crate) fn detach_db(node: &Arc<DbNode>) {
     if st.handles > 0 {
         return;
     }
+    st.mirror_held = false;
+    // Retired lock files held presence for processes that had not noticed the
+    // replacement; this process holds the WAL index no more. Closing is safe (OFD only).
+    st.retired_lock_files.clear();
+    st.idle_since = IDLE_TICK.fetch_add(1, Ordering::Relaxed);
+    let unlinked = node
+        .db_mirror
+        .and_then(|fd| fd::fstat(fd).ok())
+        .is_some_and(|s| s.st_nlink == 0);
+    drop(st);
+    if unlinked {
+        evict(&mut dbs, node);
+    }
+    let idle: Vec<Arc<DbNode>> = dbs
+        .values()
+        .filter(|n| n.state.lock().handles == 0)
+        .cloned()
+        .collect();
+    if idle.len() > IDLE_CAP {
+        if let Some(oldest) = idle.iter().min_by_key(|n| n.state.lock().idle_since) {
+            evict(&mut dbs, oldest);
+        }
+    }
+    drop(dbs);
+    flush_deferred();
+}
+
+/// Removes an idle node and gives back its descriptors.
+fn evict(dbs: &mut HashMap<Inode, Arc<DbNode>>, node: &Arc<DbNode>) {
     if dbs.get(&node.inode).is_some_and(|n| Arc::ptr_eq(n, node)) {
         dbs.remove(&node.inode);
     }
-    // Dropping the lock file releases presence; safe (only OFD locks live there).
+    let mut st = node.state.lock();
+    if st.handles > 0 {
+        return; // never: callers evict idle nodes only
+    }
+    bump!(nodes_evicted);
     st.lock_file = None;
+    st.retired_lock_files.clear();
+    if let Some(kept) = st.shm_kept.take() {
+        close_when_safe(kept.fd, kept.inode.1);
+    }
     if let Some(fd) = node.db_mirror {
-        st.mirror_held = false;
+        // The node may still be referenced by nobody but this function; the descriptor
+        // is not used again (the node is out of the registry and has no handle).
         close_when_safe(fd, node.inode.1);
     }
-    drop(st);
-    drop(dbs);
-    flush_deferred();
 }
 
 /// The node this instance has for the database named `db_path`, if any.
@@ -173,8 +276,9 @@ pub(crate) fn find_by_path(db_path: &CStr) -> Option<Arc<DbNode>> {
     dbs.get(&inode).cloned()
 }
 
-/// Closes a mirror descriptor now if no POSIX lock of this process can be cancelled by
-/// it, else defers the close.
+/// Closes a descriptor now if no POSIX lock of this process can be cancelled by it, else
+/// defers the close. Used only where a descriptor is given up for good (eviction, a
+/// replaced `-shm`, a set-up that lost a race): never at an ordinary connection close.
 pub(crate) fn close_when_safe(fd: RawFd, ino: u64) {
     if fd::close_could_cancel_locks(fd, ino) {
         defer_close(fd, ino);
@@ -187,7 +291,7 @@ fn defer_close(fd: RawFd, ino: u64) {
     // A descriptor that waits must not keep holding walguard's own locks.
     let _ = fd::ofd_lock(fd, Lock::Unlock, 0, 0);
     bump!(mirror_close_deferred);
-    tracing::debug!(target: "walguard", fd, ino, "mirror close deferred: this process still holds POSIX locks on the file");
+    tracing::debug!(target: "walguard", fd, ino, "close deferred: this process still holds POSIX locks on the file");
     DEFERRED.lock().push((fd, ino));
 }
 
@@ -217,4 +321,43 @@ pub(crate) fn first_warning(key: &str) -> bool {
     }
     seen.push(key.to_owned());
     true
+}
+
+// ---- fork (see fork_safety) --------------------------------------------------------
+
+pub(crate) fn fork_prepare() {
+    std::mem::forget(DBS.lock());
+    std::mem::forget(DEFERRED.lock());
+}
+
+pub(crate) fn fork_prepare_forced() {
+    if let Some(g) = DBS.try_lock() {
+        std::mem::forget(g);
+    }
+    if let Some(g) = DEFERRED.try_lock() {
+        std::mem::forget(g);
+    }
+}
+
+pub(crate) fn fork_parent() {
+    // SAFETY: fork_prepare locked both in this thread and forgot the guards.
+    unsafe {
+        DEFERRED.force_unlock();
+        DBS.force_unlock();
+    }
+}
+
+/// In the child: forget the parent's nodes (never dropped: dropping would close
+/// descriptor numbers the child may reuse) and the deferred closes (their descriptors
+/// were closed with the ledger).
+pub(crate) fn fork_child() {
+    // SAFETY: fork_prepare locked both before the fork; the child runs one thread.
+    unsafe {
+        let map = &mut *DBS.data_ptr();
+        // Leaked on purpose (no allocation here, no destructor runs).
+        std::mem::forget(std::mem::take(map));
+        (*DEFERRED.data_ptr()).clear();
+        DEFERRED.force_unlock();
+        DBS.force_unlock();
+    }
 }

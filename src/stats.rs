@@ -90,6 +90,15 @@ counters! {
     torn_extends,
     /// Hosts whose SQLite has the WAL-reset bug (3.7.0 – 3.51.2 without backport).
     host_wal_reset_bug,
+    /// G1: EXCLUSIVE refused (SQLITE_BUSY) to a handle with the WAL index mapped while
+    /// another holder still used it (the close skipped its checkpoint and clean-up).
+    exclusive_refused,
+    /// G2: the walguard lock file was found removed or replaced at its path and this
+    /// process moved to the one now there.
+    lock_file_replaced,
+    /// Idle databases whose descriptors were given back (database unlinked, path
+    /// reused, or too many idle databases).
+    nodes_evicted,
 }
 
 pub(crate) static COUNTERS: Counters = Counters::new();

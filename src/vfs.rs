@@ -81,6 +81,7 @@ pub(crate) fn register_in(host: usize, o: &Options) -> Result<(), Error> {
     };
     crate::g4_sidecar_identity::set_read_recheck(o.read_recheck);
     io::install_quiet_panic_hook();
+    crate::fork_safety::install();
     warn_old_host(api);
     if !crate::fd::HAVE_OFD {
         static ONCE: std::sync::Once = std::sync::Once::new();
@@ -193,11 +194,9 @@ fn warn_old_host(api: &api::Api) {
             );
             tracing::warn!(target: "walguard", sqlite = version, "{msg}");
             api::sqlite_log(ffi::SQLITE_WARNING, &msg);
-            // A host that loaded the extension (Python, the shell) has no tracing
-            // subscriber and rarely a SQLite log callback: say it once where a person sees it.
-            if cfg!(feature = "loadable_extension") {
-                eprintln!("{msg}");
-            }
+            // A library writes nothing to stderr on its own (test suites read it); an
+            // operator who wants the warning there asks for it.
+            crate::stderr_if_asked(&msg);
         }
     });
 }
@@ -258,8 +257,11 @@ unsafe extern "C" fn x_open(
         let inner = unsafe { (file as *mut u8).add(HEADER_SIZE) as *mut ffi::sqlite3_file };
         // SAFETY: inner's pMethods must start NULL for the wrapped VFS too.
         unsafe { (*inner).pMethods = std::ptr::null() };
+        crate::fork_safety::check_pid();
         let mut wal_id = None;
         let mut rc = ffi::SQLITE_CANTOPEN;
+        // Before the identity is proven: an event after this is seen by the first check.
+        let wal_epoch = crate::g4_sidecar_watch::epoch();
         let wal_path = (flags & ffi::SQLITE_OPEN_WAL != 0 && !name.is_null())
             // SAFETY: SQLite file names are NUL-terminated.
             .then(|| unsafe { CStr::from_ptr(name) });
@@ -318,7 +320,17 @@ unsafe extern "C" fn x_open(
             return rc;
         }
         // SAFETY: the wrapped open succeeded.
-        unsafe { io::opened(file, name, flags, wal_id, data(vfs).name, data(vfs).api) }
+        unsafe {
+            io::opened(
+                file,
+                name,
+                flags,
+                wal_id,
+                wal_epoch,
+                data(vfs).name,
+                data(vfs).api,
+            )
+        }
     })
 }
 
