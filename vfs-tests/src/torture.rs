@@ -11,7 +11,8 @@
 //! checkpointer. Around them the disruptors ([`Knob`]; each can be switched off):
 //! header peeks, fchmod passes and a second SQLite runtime *inside* the worker processes
 //! (a peek in a separate process loses nothing: POSIX locks are per process),
-//! exclusive-mode writers, `kill -9` of random workers (respawned), short/empty header
+//! workers that fork a child which commits through its own connection (sometimes after
+//! closing the inherited one) and `_exit`s, exclusive-mode writers, `kill -9` of random workers (respawned), short/empty header
 //! reads and EIO from the fault layer, and an external `rm`/`cp+mv` of `-shm`.
 //!
 //! ## The verdict
@@ -19,7 +20,7 @@
 //! every ledger entry must be present with its content hash (an acknowledged commit of
 //! a process killed later must still be there; an unacknowledged one may be absent).
 //! NOTADB and SQLITE_CORRUPT errors seen by workers, acknowledged commits a reader could
-//! not see, and deleted `-wal`/`-shm` files held open (outside a grace period after an
+//! not see, forked children that crashed or hung, and deleted `-wal`/`-shm` files held open (outside a grace period after an
 //! external rm/mv) are counted too. Exit status 1 when the walguard run shows any of
 //! them; the unix run is expected to fail and does not count.
 //!

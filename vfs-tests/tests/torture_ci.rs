@@ -3,8 +3,14 @@
 //! - [`ci_run_walguard_clean_and_unix_fails`]: `torture --duration 30 --vfs both --json`
 //!   (about a minute): walguard's run must be clean (nothing lost, `integrity_check` ok,
 //!   no NOTADB, no split sidecar, no crash, no SQLITE_CORRUPT, every acknowledged commit
-//!   visible to readers) and the unix run must show at least one failure — the proof
-//!   that the campaign can fail. Nothing may be left in the temporary directory.
+//!   visible to readers, no forked child crashed or hung) and the unix run must show at
+//!   least one failure — the proof that the campaign can fail. Every disruptor in the
+//!   default rotation ran, the fork disruptor included (its children's commits are in
+//!   the verified totals). Nothing may be left in the temporary directory.
+//! - [`fork_only_unix_clean_walguard_clean`]: the fork disruptor alone (`--disable all
+//!   --enable fork`, 10 s per VFS): workers fork children that commit through their own
+//!   connections, half of them after closing the inherited one. Plain unix loses nothing
+//!   here (the baseline: the pattern is legitimate), so walguard must not either.
 //! - [`interrupt_leaves_no_worker_behind`]: SIGINT and SIGTERM to the parent kill every
 //!   worker and remove the temporary directory.
 //! - [`workers_die_with_a_killed_parent`]: SIGKILL of the parent (no chance to clean up)
@@ -262,6 +268,29 @@ fn ci_run_walguard_clean_and_unix_fails() {
         "rows with wrong contents\n{report}"
     );
     assert_eq!(num(wg, "crashes"), 0, "workers crashed\n{report}");
+    assert_eq!(
+        num(wg, "fork_crashes"),
+        0,
+        "forked children crashed or hung\n{report}"
+    );
+    for (name, run) in [("unix", unix), ("walguard", wg)] {
+        for counter in [
+            "peek",
+            "fchmod",
+            "second_runtime",
+            "fork_children",
+            "excl_tried",
+        ] {
+            assert!(
+                num(run, counter) > 0,
+                "{name}: disruptor counter {counter} is 0: it did not run\n{run}"
+            );
+        }
+    }
+    assert!(
+        num(wg, "fork_acked") > 0,
+        "walguard: no forked child committed anything\n{report}"
+    );
     assert_eq!(field(wg, "failed"), "false", "{report}");
     assert_eq!(
         code, 0,
@@ -269,6 +298,83 @@ fn ci_run_walguard_clean_and_unix_fails() {
     );
 
     // Nothing escapes the temporary directory.
+    assert_eq!(leftovers(tmp.path()), Vec::<String>::new());
+    assert!(workers_of(tmp.path()).is_empty());
+}
+
+#[test]
+fn fork_only_unix_clean_walguard_clean() {
+    let _turn = serial();
+    let tmp = common::tempdir();
+    let parent = start(
+        tmp.path(),
+        &[
+            "--duration",
+            "10",
+            "--vfs",
+            "both",
+            "--json",
+            "--disable",
+            "all",
+            "--enable",
+            "fork",
+        ],
+    );
+    let (code, out, err) = parent.finish(Duration::from_secs(300));
+    assert!(
+        code == 0 || code == 1,
+        "torture exited {code} (harness error?)\nstderr: {err}\nstdout: {out}"
+    );
+    for vfs in ["unix", "walguard"] {
+        let run = run_object(&out, vfs);
+        let report = format!("{vfs} run with only the fork disruptor:\n{run}\nstderr: {err}");
+        eprintln!(
+            "{vfs}: {} acknowledged, {} lost, integrity_ok {}, {} forked children ({} closing \
+             the inherited connection first), {} transactions acked by them, {} crashed or hung",
+            num(run, "acked"),
+            num(run, "lost"),
+            field(run, "integrity_ok"),
+            num(run, "fork_children"),
+            num(run, "fork_closed_inherited"),
+            num(run, "fork_acked"),
+            num(run, "fork_crashes")
+        );
+        assert!(
+            num(run, "fork_children") > 0,
+            "no child was forked\n{report}"
+        );
+        assert!(
+            num(run, "fork_closed_inherited") > 0,
+            "no child closed its inherited connection\n{report}"
+        );
+        assert!(
+            num(run, "fork_acked") > 0,
+            "no forked child committed anything\n{report}"
+        );
+        assert_eq!(num(run, "lost"), 0, "acknowledged commits lost\n{report}");
+        assert_eq!(
+            field(run, "integrity_ok"),
+            "true",
+            "integrity_check\n{report}"
+        );
+        assert_eq!(num(run, "notadb"), 0, "NOTADB\n{report}");
+        assert_eq!(num(run, "corrupt"), 0, "SQLITE_CORRUPT\n{report}");
+        assert_eq!(
+            num(run, "live_missing"),
+            0,
+            "acked commits invisible\n{report}"
+        );
+        assert_eq!(num(run, "hash_mismatch"), 0, "wrong contents\n{report}");
+        assert_eq!(num(run, "split"), 0, "split sidecars\n{report}");
+        assert_eq!(num(run, "crashes"), 0, "workers crashed\n{report}");
+        assert_eq!(
+            num(run, "fork_crashes"),
+            0,
+            "forked children crashed\n{report}"
+        );
+        assert_eq!(field(run, "failed"), "false", "{report}");
+    }
+    assert_eq!(code, 0, "exit status must be 0 when walguard is clean");
     assert_eq!(leftovers(tmp.path()), Vec::<String>::new());
     assert!(workers_of(tmp.path()).is_empty());
 }

@@ -158,7 +158,8 @@ pub struct RunResult {
     pub elapsed: Duration,
     /// Worker counters, summed.
     pub totals: BTreeMap<String, u64>,
-    /// Verdict events by kind (`notadb`, `corrupt`, `hash`, `live-missing`).
+    /// Verdict events by kind (`notadb`, `corrupt`, `hash`, `live-missing`,
+    /// `fork-crash`).
     pub events: BTreeMap<String, u64>,
     /// First message of each event kind.
     pub event_examples: BTreeMap<String, String>,
@@ -221,6 +222,7 @@ impl RunResult {
             ("corrupt", "SQLITE_CORRUPT errors seen by workers"),
             ("live-missing", "acknowledged commits invisible to readers"),
             ("hash", "rows read back with wrong contents"),
+            ("fork-crash", "forked children crashed or hung"),
         ] {
             if self.event(ev) > 0 {
                 f.push(format!("{} {what}", self.event(ev)));

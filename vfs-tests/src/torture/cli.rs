@@ -20,6 +20,11 @@ pub enum Knob {
     /// Open/read/close through a second SQLite library (`libsqlite3.so.0`) inside
     /// worker processes.
     SecondRuntime,
+    /// A worker that holds a connection forks (a pre-forking server); the child opens
+    /// a connection of its own, commits a few transactions (logged to a ledger of its
+    /// own, verified like every other worker's) and leaves through `_exit`. Half the
+    /// children first close the connection they inherited.
+    Fork,
     /// Churners sometimes open with `PRAGMA locking_mode=EXCLUSIVE` (a maintenance job
     /// that wants the database to itself) and write.
     ExclusiveOpen,
@@ -45,10 +50,11 @@ pub enum Knob {
 
 impl Knob {
     /// Every knob, in the order of the report.
-    pub const ALL: [Knob; 12] = [
+    pub const ALL: [Knob; 13] = [
         Knob::Peek,
         Knob::Fchmod,
         Knob::SecondRuntime,
+        Knob::Fork,
         Knob::ExclusiveOpen,
         Knob::Kill,
         Knob::RmShm,
@@ -72,6 +78,7 @@ impl Knob {
             Knob::Peek => "peek",
             Knob::Fchmod => "fchmod",
             Knob::SecondRuntime => "second-runtime",
+            Knob::Fork => "fork",
             Knob::ExclusiveOpen => "exclusive-open",
             Knob::Kill => "kill",
             Knob::RmShm => "rm-shm",
@@ -90,6 +97,7 @@ impl Knob {
             Knob::Peek => "open()/read()/close() of the db header inside workers",
             Knob::Fchmod => "open()/fchmod()/close() of db, -wal, -shm inside workers",
             Knob::SecondRuntime => "open/read/close through libsqlite3.so.0 inside workers",
+            Knob::Fork => "workers fork; the child writes through its own connection, _exits",
             Knob::ExclusiveOpen => "churners sometimes write with locking_mode=EXCLUSIVE",
             Knob::Kill => "kill -9 of a random worker (respawned)",
             Knob::RmShm => "external rm of -shm",
@@ -348,6 +356,7 @@ mod tests {
         assert_eq!(c.processes, 8);
         assert_eq!(c.vfs, vec![Vfs::Unix, Vfs::Walguard]);
         assert!(c.enabled.contains(&Knob::Fchmod));
+        assert!(c.enabled.contains(&Knob::Fork));
         assert!(!c.enabled.contains(&Knob::RmWal));
         assert!(!c.enabled.contains(&Knob::ZeroSize));
     }
@@ -356,7 +365,7 @@ mod tests {
     fn options() {
         let c = run(
             "--duration 2.5 --processes 3 --seed 0x10 --vfs walguard --json \
-                     --disable peek,faults --enable rm-wal",
+                     --disable peek,faults,fork --enable rm-wal",
         );
         assert_eq!(c.duration, Duration::from_millis(2500));
         assert_eq!(c.processes, 3);
@@ -364,6 +373,7 @@ mod tests {
         assert_eq!(c.vfs, vec![Vfs::Walguard]);
         assert!(c.json);
         assert!(!c.enabled.contains(&Knob::Peek));
+        assert!(!c.enabled.contains(&Knob::Fork));
         assert!(!c.enabled.contains(&Knob::Eio));
         assert!(c.enabled.contains(&Knob::RmWal));
         assert!(c.enabled.contains(&Knob::Kill));

@@ -80,6 +80,15 @@ counters! {
     checkpoint_busy,
     /// Faults armed (each may or may not be injected).
     fault_arms,
+    /// Children forked (the fork disruptor).
+    fork_children,
+    /// Of those, children that first closed the connection they inherited.
+    fork_closed_inherited,
+    /// Transactions the forked children committed and logged (included in `acked`).
+    fork_acked,
+    /// Forked children that crashed, hung (killed after a deadline) or could not be
+    /// forked.
+    fork_failed,
 }
 
 const N: usize = C::ALL.len();
@@ -98,6 +107,33 @@ pub fn bump(c: C) {
 /// The current value of a counter.
 pub fn get(c: C) -> u64 {
     VALUES[c as usize].load(Ordering::Relaxed)
+}
+
+/// Every counter's current value, by [`C`] index.
+pub fn snapshot() -> Vec<u64> {
+    C::ALL.iter().map(|c| get(*c)).collect()
+}
+
+/// `name=delta ...` of every counter that grew since `before` (a [`snapshot`]): what a
+/// forked child did, for its parent to [`add_deltas`].
+pub fn delta_line(before: &[u64]) -> String {
+    let mut s = String::new();
+    for (i, c) in C::ALL.iter().enumerate() {
+        let d = get(*c).saturating_sub(before.get(i).copied().unwrap_or(0));
+        if d > 0 {
+            s.push_str(&format!("{}={d} ", c.name()));
+        }
+    }
+    s.trim_end().to_owned()
+}
+
+/// Adds the counters of a [`delta_line`] (unknown names are ignored).
+pub fn add_deltas(line: &str) {
+    for (k, v) in parse_stats(line) {
+        if let Some(c) = C::ALL.iter().find(|c| c.name() == k) {
+            add(*c, v);
+        }
+    }
 }
 
 /// The `stats` line of this process: the counters, the faults injected by kind
@@ -142,5 +178,21 @@ mod tests {
         assert!(m.contains_key("fault_empty_read"));
         assert!(m.contains_key("wg_sidecar_replaced"));
         assert_eq!(m.len(), C::ALL.len() + 8 + walguard::stats().fields().len());
+    }
+
+    #[test]
+    fn deltas_round_trip() {
+        let before = snapshot();
+        add(C::fork_acked, 3);
+        bump(C::opens);
+        let line = delta_line(&before);
+        assert!(line.contains("fork_acked=3"), "{line}");
+        assert!(line.contains("opens="), "{line}");
+        assert!(!line.contains("fork_failed="), "{line}");
+        let was = get(C::fork_acked);
+        add_deltas(&line);
+        assert_eq!(get(C::fork_acked), was + 3);
+        add_deltas("no_such_counter=5 fork_acked=x");
+        assert_eq!(get(C::fork_acked), was + 3);
     }
 }

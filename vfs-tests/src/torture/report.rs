@@ -142,6 +142,10 @@ pub fn table(cfg: &Config, runs: &[RunResult], started: SystemTime) -> String {
             "worker crashes".into(),
             f(&|r| thousands(r.crashes.len() as u64)),
         ),
+        (
+            "  forked children crashed or hung".into(),
+            f(&|r| thousands(r.event("fork-crash"))),
+        ),
         ("faults injected".into(), f(&|r| thousands(r.faults()))),
         (
             "  short / empty header reads".into(),
@@ -169,6 +173,14 @@ pub fn table(cfg: &Config, runs: &[RunResult], started: SystemTime) -> String {
         (
             "  second-runtime open/read/close".to_owned(),
             n("second_runtime"),
+        ),
+        (
+            "  forked children / closing inherited first".to_owned(),
+            f(&|r| pair(r.total("fork_children"), r.total("fork_closed_inherited"))),
+        ),
+        (
+            "  transactions acked by forked children".to_owned(),
+            n("fork_acked"),
         ),
         (
             "  exclusive-mode writes acked / tried".to_owned(),
@@ -350,6 +362,7 @@ pub fn run_json(r: &RunResult) -> String {
         ("split".into(), r.split.len().to_string()),
         ("scans".into(), r.scans.to_string()),
         ("crashes".into(), r.crashes.len().to_string()),
+        ("fork_crashes".into(), r.event("fork-crash").to_string()),
         ("faults".into(), r.faults().to_string()),
         ("kills".into(), r.kills.to_string()),
         ("spawned".into(), r.spawned.to_string()),

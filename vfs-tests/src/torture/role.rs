@@ -16,13 +16,35 @@
 //! ([`crate::disrupt`]: header peek, fchmod pass, second SQLite runtime) in a background
 //! thread, and every role arms faults of [`crate::faults`] at random moments (header
 //! reads through [`super::gate`]).
+//!
+//! ## The fork disruptor ([`Knob::Fork`])
+//! Writers, readers and the checkpointer (processes that hold a connection) fork now and
+//! then, the way a pre-forking server does after opening its database. The child (see
+//! [`Worker::fork_child_work`]) either leaves the connection it inherited untouched
+//! (never used, never closed) or first closes it; then it opens a connection of its own,
+//! commits 1-6 transactions exactly as a writer does, logging each acknowledged one to a
+//! ledger of its own (`slotS.incI.forkN.writer`, tags `sSiIfNnK`), so the verification
+//! and the readers account for them like every other commit; it closes its own
+//! connection or leaves it open, and leaves through `_exit` (no destructor, no clean-up).
+//! It sends its counters back through a pipe; the parent adds them to its own. A child
+//! that crashes, or is still running after [`FORK_CHILD_DEADLINE`], is a `fork-crash`
+//! event, which fails the run. Children die with their parent (`PR_SET_PDEATHSIG`, set
+//! again in the child: it is not inherited), so `kill -9` of a worker takes its child too.
+//!
+//! The worker has helper threads (stdin watcher, counter reports, disruptors); a child of
+//! a multi-threaded process has only the forking thread. The helpers hold
+//! [`FORK_GATE`] (shared) around everything that takes a lock a child could need (stdout,
+//! the second runtime), `fork` holds it exclusively, and the child writes its lines to
+//! descriptor 1 directly; SQLite is used by the main thread only.
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use rusqlite::{ffi, params, Connection, OpenFlags};
@@ -235,8 +257,57 @@ fn disrupting() -> bool {
     now_ms() >= DISRUPT_FROM_MS.load(Ordering::Relaxed)
 }
 
+/// Held shared by the helper threads around their output and disruptions, exclusively
+/// around `fork()`: a forked child starts with none of their locks held.
+static FORK_GATE: RwLock<()> = RwLock::new(());
+
+fn fork_gate_shared() -> RwLockReadGuard<'static, ()> {
+    FORK_GATE.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Set in a forked child: [`say`] writes to descriptor 1 itself (one `write` per line,
+/// atomic on a pipe below `PIPE_BUF`), never through the inherited `Stdout`.
+static IN_FORK_CHILD: AtomicBool = AtomicBool::new(false);
+
+/// Transactions a forked child commits: 1 to this many.
+const FORK_CHILD_TXNS: u64 = 6;
+/// A forked child starts no transaction after this long.
+const FORK_CHILD_BUDGET: Duration = Duration::from_secs(5);
+/// A forked child still running this long after the fork is killed and counted as hung.
+pub const FORK_CHILD_DEADLINE: Duration = Duration::from_secs(30);
+/// At stop, how long a worker waits for its forked child before killing it (counted as
+/// hung). Well inside the campaign's 20 s stop deadline.
+const FORK_STOP_WAIT: Duration = Duration::from_secs(12);
+
+/// Writes all of `bytes` to descriptor `fd` (retrying short writes and EINTR).
+fn write_fd(fd: libc::c_int, mut bytes: &[u8]) -> bool {
+    while !bytes.is_empty() {
+        // SAFETY: writes from a live slice to a descriptor this process holds.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return false;
+        }
+        bytes = &bytes[n as usize..];
+    }
+    true
+}
+
 /// Prints one line to the parent (stdout is line-buffered and locked per call).
 fn say(line: &str) {
+    if IN_FORK_CHILD.load(Ordering::Relaxed) {
+        let mut cut = line.len().min(3800);
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut l = String::with_capacity(cut + 1);
+        l.push_str(&line[..cut]);
+        l.push('\n');
+        write_fd(1, l.as_bytes());
+        return;
+    }
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
@@ -351,12 +422,39 @@ pub fn complete_entries(text: &str) -> impl Iterator<Item = Entry> + '_ {
     complete.lines().filter_map(Entry::parse)
 }
 
+/// A forked child in flight.
+struct ForkChild {
+    pid: libc::pid_t,
+    /// Read end of the pipe the child sends its counters through.
+    pipe: File,
+    started: Instant,
+    n: u64,
+}
+
+/// What a forked child is to do (decided by the parent, from the parent's seed).
+#[derive(Debug, Clone, Copy)]
+struct ForkPlan {
+    n: u64,
+    close_inherited: bool,
+    close_own: bool,
+    txns: u64,
+    seed: u64,
+}
+
 struct Worker {
     a: WorkerArgs,
     rng: Prng,
     conn: Option<Connection>,
     ledger: File,
+    /// Tags are `<tag_prefix>n<seq>`: `sSiI` for the worker, `sSiIfN` for its children.
+    tag_prefix: String,
     seq: u64,
+    /// The forked child in flight (the fork disruptor), at most one.
+    fork: Option<ForkChild>,
+    /// When the next fork is due (`None` until the first look after the warm-up).
+    next_fork: Option<Instant>,
+    /// Children forked so far.
+    forks: u64,
     /// The fault armed for the current operation, if any.
     armed: Option<(faults::Armed, Fault)>,
     db_suffix: String,
@@ -517,7 +615,7 @@ impl Worker {
             return false;
         }
         let k = 1 + self.rng.below(3) as u32;
-        let tag = format!("s{}i{}n{}", self.a.slot, self.a.inc, self.seq);
+        let tag = format!("{}n{}", self.tag_prefix, self.seq);
         self.seq += 1;
         let mut rows = Vec::with_capacity(k as usize);
         let mut hashes = Vec::with_capacity(k as usize);
@@ -786,9 +884,228 @@ impl Worker {
                     std::thread::sleep(Duration::from_millis(5 + self.rng.below(30)));
                 }
             }
+            if self.a.role.long_lived() {
+                self.maybe_fork();
+            }
         }
         self.disarm();
+        self.reap_fork(true);
         self.close();
+    }
+
+    /// The fork disruptor: reaps a finished child, and forks a new one when one is due.
+    /// Called between operations (no transaction open, no fault armed).
+    fn maybe_fork(&mut self) {
+        self.reap_fork(false);
+        if !self.on(Knob::Fork) || self.fork.is_some() || !disrupting() {
+            return;
+        }
+        let now = Instant::now();
+        match self.next_fork {
+            None => {
+                self.next_fork = Some(now + Duration::from_millis(self.rng.below(1500)));
+                return;
+            }
+            Some(t) if now < t => return,
+            Some(_) => {}
+        }
+        self.next_fork = Some(now + Duration::from_millis(300 + self.rng.below(1200)));
+        let plan = ForkPlan {
+            n: self.forks,
+            close_inherited: self.rng.below(2) == 0 && self.conn.is_some(),
+            close_own: self.rng.below(2) == 0,
+            txns: 1 + self.rng.below(FORK_CHILD_TXNS),
+            seed: self.rng.next_u64(),
+        };
+        self.forks += 1;
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 writes two descriptors into the array it is given.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            self.fork_error(&format!("pipe2: {}", io::Error::last_os_error()));
+            return;
+        }
+        // SAFETY: getpid has no preconditions.
+        let parent = unsafe { libc::getpid() };
+        let gate = FORK_GATE.write().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the helper threads are held off by the gate (none holds a lock the
+        // child needs); the child runs `fork_child_main` and leaves through `_exit`.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            self.fork_child_main(parent, plan, fds);
+        }
+        drop(gate);
+        // SAFETY: the write end is ours and used only by the child from now on.
+        unsafe { libc::close(fds[1]) };
+        if pid < 0 {
+            let e = io::Error::last_os_error();
+            // SAFETY: the read end is ours and not used any more.
+            unsafe { libc::close(fds[0]) };
+            self.fork_error(&format!("fork: {e}"));
+            return;
+        }
+        bump(C::fork_children);
+        if plan.close_inherited {
+            bump(C::fork_closed_inherited);
+        }
+        self.fork = Some(ForkChild {
+            pid,
+            // SAFETY: a descriptor pipe2 just gave us, owned by this File from now on.
+            pipe: unsafe { File::from_raw_fd(fds[0]) },
+            started: now,
+            n: plan.n,
+        });
+    }
+
+    /// A fork that could not be made (out of processes or descriptors): the harness's
+    /// problem, not the VFS's.
+    fn fork_error(&mut self, e: &str) {
+        bump(C::disrupt_err);
+        if self.sampled.insert("fork-error") {
+            say(&format!("sample disrupt fork: {}", one_line(e)));
+        }
+    }
+
+    /// Collects the forked child if it has finished (with `wait`: waits for it, at most
+    /// [`FORK_STOP_WAIT`]); one still running past its deadline is killed and counted.
+    fn reap_fork(&mut self, wait: bool) {
+        let Some(mut ch) = self.fork.take() else {
+            return;
+        };
+        let kill_at = if wait {
+            (Instant::now() + FORK_STOP_WAIT).min(ch.started + FORK_CHILD_DEADLINE)
+        } else {
+            ch.started + FORK_CHILD_DEADLINE
+        };
+        let mut status = 0;
+        let mut hung = false;
+        loop {
+            // SAFETY: waitpid on our own child with a valid status pointer.
+            let rc = unsafe { libc::waitpid(ch.pid, &mut status, libc::WNOHANG) };
+            if rc == ch.pid {
+                break;
+            }
+            if rc < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return; // not our child any more: nothing to collect
+            }
+            if Instant::now() >= kill_at {
+                hung = true;
+                // SAFETY: kill and a blocking waitpid of our own, unreaped child.
+                unsafe {
+                    libc::kill(ch.pid, libc::SIGKILL);
+                    libc::waitpid(ch.pid, &mut status, 0);
+                }
+                break;
+            }
+            if !wait {
+                self.fork = Some(ch);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut text = String::new();
+        let _ = ch.pipe.read_to_string(&mut text);
+        counters::add_deltas(text.trim());
+        let what = if hung {
+            Some(format!(
+                "still running {:.1} s after the fork: killed",
+                ch.started.elapsed().as_secs_f64()
+            ))
+        } else if libc::WIFSIGNALED(status) {
+            Some(format!("killed by signal {}", libc::WTERMSIG(status)))
+        } else if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
+            Some(format!("exit status {}", libc::WEXITSTATUS(status)))
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            bump(C::fork_failed);
+            say(&format!(
+                "event fork-crash child {} of {} slot {} inc {} (pid {}): {what}",
+                ch.n,
+                self.a.role.name(),
+                self.a.slot,
+                self.a.inc,
+                ch.pid
+            ));
+        }
+    }
+
+    /// The forked child: never returns.
+    fn fork_child_main(&mut self, parent: libc::pid_t, plan: ForkPlan, fds: [libc::c_int; 2]) -> ! {
+        IN_FORK_CHILD.store(true, Ordering::SeqCst);
+        // SAFETY: closing the pipe's read end (the parent's), then plain prctl/getppid;
+        // _exit ends the child at once if its parent is already gone.
+        unsafe {
+            libc::close(fds[0]);
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent
+            {
+                libc::_exit(97);
+            }
+        }
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.fork_child_work(plan, fds[1])
+        }))
+        .unwrap_or(101);
+        // SAFETY: leaves the child without destructors or exit handlers, like os._exit.
+        unsafe { libc::_exit(code) }
+    }
+
+    /// What a forked child does (see the module documentation). Returns the exit status.
+    fn fork_child_work(&mut self, plan: ForkPlan, report_fd: libc::c_int) -> i32 {
+        let before = counters::snapshot();
+        match self.conn.take() {
+            // SQLite forbids using an inherited connection; closing one is what real
+            // children do (explicitly, or a garbage collector does it).
+            Some(c) if plan.close_inherited => {
+                let _ = c.close();
+            }
+            // Left untouched: never used, never closed (no destructor runs before _exit).
+            Some(c) => std::mem::forget(c),
+            None => {}
+        }
+        self.armed = None;
+        self.rng = Prng::new(plan.seed);
+        self.seq = 0;
+        self.busy_ms = 2_000;
+        self.tag_prefix = format!("s{}i{}f{}", self.a.slot, self.a.inc, plan.n);
+        let ledger = self.a.ledger_dir.join(format!(
+            "slot{}.inc{}.fork{}.writer",
+            self.a.slot, self.a.inc, plan.n
+        ));
+        self.ledger = match OpenOptions::new().create(true).append(true).open(&ledger) {
+            Ok(f) => f,
+            Err(e) => {
+                say(&format!(
+                    "sample disrupt fork child cannot open ledger {}: {e}",
+                    ledger.display()
+                ));
+                return 3;
+            }
+        };
+        self.a.ledger = ledger;
+        let start = Instant::now();
+        let (mut done, mut tries) = (0, 0);
+        while done < plan.txns && tries < plan.txns * 4 && start.elapsed() < FORK_CHILD_BUDGET {
+            tries += 1;
+            if self.write_txn() {
+                done += 1;
+                bump(C::fork_acked);
+            } else {
+                std::thread::sleep(Duration::from_millis(1 + self.rng.below(3)));
+            }
+        }
+        if plan.close_own {
+            self.close();
+        } else if let Some(c) = self.conn.take() {
+            std::mem::forget(c); // exits with it open, like a killed process
+        }
+        let mut line = counters::delta_line(&before);
+        line.push('\n');
+        write_fd(report_fd, line.as_bytes());
+        0
     }
 }
 
@@ -804,6 +1121,7 @@ fn disrupt_thread(db: PathBuf, kinds: Vec<Disruptor>, seed: u64) {
             continue;
         }
         let kind = kinds[rng.below(kinds.len() as u64) as usize];
+        let _gate = fork_gate_shared();
         match kind.run_once(&db) {
             Ok(_) => bump(match kind {
                 Disruptor::Peek => C::peek,
@@ -877,7 +1195,10 @@ pub fn worker_main(args: &[String]) -> ExitCode {
     });
     // Report counters ten times a second.
     std::thread::spawn(|| loop {
-        say(&counters::stats_line());
+        {
+            let _gate = fork_gate_shared();
+            say(&counters::stats_line());
+        }
         std::thread::sleep(Duration::from_millis(100));
     });
 
@@ -904,7 +1225,11 @@ pub fn worker_main(args: &[String]) -> ExitCode {
         rng: Prng::new(a.seed),
         conn: None,
         ledger,
+        tag_prefix: format!("s{}i{}", a.slot, a.inc),
         seq: 0,
+        fork: None,
+        next_fork: None,
+        forks: 0,
         armed: None,
         db_suffix: suffix_of(&a.db, ""),
         wal_suffix: suffix_of(&a.db, "-wal"),
