@@ -18,7 +18,10 @@
 //!
 //! Not used (every transaction does the full check instead) where inotify cannot see
 //! every change: network and FUSE file systems, a platform without inotify, or when
-//! inotify or the thread is unavailable (watch limit reached).
+//! inotify or the thread is unavailable (watch limit reached) — or not wanted:
+//! `WALGUARD_WATCHER=0` / `Options::watcher(false)`, for hosts that must stay
+//! single-threaded (a process that forks and checks its thread count: Python >= 3.12
+//! warns with a DeprecationWarning at `os.fork()` in a multi-threaded process).
 //!
 //! Fork: the child has no watcher thread; its copy of the inotify descriptor is closed
 //! with walguard's other descriptors and the next `-shm` mapping in the child starts a
@@ -36,6 +39,22 @@ static INSTANCE: AtomicU64 = AtomicU64::new(0);
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 /// Advanced by every relevant event. Starts above 0 so a new connection checks once.
 static EPOCH: AtomicU64 = AtomicU64::new(1);
+/// Whether a watcher thread may be started (`WALGUARD_WATCHER=0` or
+/// `Options::watcher(false)`: no thread; every transaction checks with `stat`).
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// The environment variable that turns the watcher thread off (`0` or `off`).
+pub(crate) const WATCHER_ENV: &str = "WALGUARD_WATCHER";
+
+/// Allows or forbids the watcher thread (already running watchers keep running).
+pub(crate) fn set_enabled(yes: bool) {
+    let env_off = std::env::var(WATCHER_ENV).is_ok_and(|v| {
+        let v = v.trim();
+        v == "0" || v.eq_ignore_ascii_case("off") || v.eq_ignore_ascii_case("false")
+    });
+    ENABLED.store(yes && !env_off, SeqCst);
+}
+
 /// Directories already watched, with the instance that watches them.
 static SETUP: Mutex<Vec<(std::ffi::CString, u64)>> = Mutex::new(Vec::new());
 
@@ -58,6 +77,9 @@ pub(crate) fn watch(shm_fd: RawFd, dir: &CStr) -> u64 {
             return 0;
         }
         if instance == 0 {
+            if !ENABLED.load(SeqCst) {
+                return 0;
+            }
             match start_watcher() {
                 Some(i) => instance = i,
                 None => return 0,

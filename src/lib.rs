@@ -66,6 +66,11 @@ pub struct Options {
     /// per read transaction at the price of reads that may be that much stale after an
     /// outside actor replaced a sidecar. Process-wide; the last registration sets it.
     pub read_recheck: std::time::Duration,
+    /// G4's fast path: a per-process thread (`walguard-watch`) that blocks on inotify and
+    /// tells transactions, through an atomic, whether a sidecar changed. Default `true`.
+    /// `false` (or `WALGUARD_WATCHER=0` in the environment) starts no thread: every
+    /// transaction then checks its sidecars with a `stat` each.
+    pub watcher: bool,
 }
 
 impl Default for Options {
@@ -75,6 +80,7 @@ impl Default for Options {
             make_default: true,
             sql_functions: true,
             read_recheck: std::time::Duration::ZERO,
+            watcher: true,
         }
     }
 }
@@ -97,6 +103,12 @@ impl Options {
     /// Sets the G4 read re-check interval (see [`Options::read_recheck`]).
     pub fn read_recheck(mut self, every: std::time::Duration) -> Self {
         self.read_recheck = every;
+        self
+    }
+
+    /// Sets whether G4's watcher thread may run (see [`Options::watcher`]).
+    pub fn watcher(mut self, yes: bool) -> Self {
+        self.watcher = yes;
         self
     }
 

@@ -80,6 +80,7 @@ pub(crate) fn register_in(host: usize, o: &Options) -> Result<(), Error> {
         return Err(Error::NoDefaultVfs);
     };
     crate::g4_sidecar_identity::set_read_recheck(o.read_recheck);
+    crate::g4_sidecar_watch::set_enabled(o.watcher);
     io::install_quiet_panic_hook();
     crate::fork_safety::install();
     warn_old_host(api);
