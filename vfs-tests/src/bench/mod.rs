@@ -1,7 +1,8 @@
 //! Overhead benchmarks: walguard against the plain `unix` VFS, in one process run.
 //!
 //! `vfs-tests bench [--quick] [--json] [--audit] [--rounds N] [--only a,b] [--dir D]
-//! [--keep] [--strict]`
+//! [--keep] [--strict] [--read-recheck-ms MS] [--speedtest1 FILE] [--compare REF [--repo D]]`
+//! (`--help` explains each).
 //!
 //! Every workload runs on `unix` and on `walguard` alternately, several rounds in one
 //! run (round r runs unix first when r is even, walguard first when r is odd, so a
@@ -20,8 +21,13 @@
 //! | `batched` | one 10,000-row INSERT transaction (WAL, `synchronous=NORMAL`) | ratio ≤ 1.02 |
 //! | `read-point` | one point lookup by primary key on a 100 MB WAL database (its own read transaction) | ratio ≤ 1.02 |
 //! | `scan` | one full scan of the same database | ratio ≤ 1.02 |
-//! | `churn` | open, one query, close (the pattern of CLIs and workers) | ratio ≤ 1.10 |
+//! | `churn` | open, one query, close (the pattern of CLIs and workers) | ratio ≤ 1.05 |
 //! | `contention` | 8 processes commit single rows into one database for a fixed time | commits walguard/unix ≥ 0.98 |
+//!
+//! `contention` also counts SQLITE_BUSY per VFS (summed over its processes, median over
+//! the rounds): the busy handler's invocations (SQLite's own sleeping schedule,
+//! re-implemented so that it can count), the milliseconds it slept, and SQLITE_BUSY
+//! errors that reached the application.
 //!
 //! The read workloads share one database file, created once per run (through `unix`)
 //! and read alternately by both VFSs: identical layout and identical OS page cache, the
@@ -33,13 +39,22 @@
 //! close), and prints every system call walguard adds, by name and phase, per
 //! transaction. It checks that no call is added per page read or written (the `pread64`
 //! and `pwrite64` counts of the transaction phase must be equal). Counting system calls
-//! is deterministic, so this part is also a test (`tests/bench_smoke.rs`).
+//! is deterministic, so this part is also a test (`tests/bench_smoke.rs`). It also runs
+//! the steady-state trace ([`steady`]: one open connection, N read, write and mmap-read
+//! transactions, calls by file and by owner) that `tests/hot_path_syscalls.rs` asserts.
+//! Every count, per phase and per VFS, is in the JSON (`audit.phases`, `audit.steady`).
+//!
+//! `--compare REF` benches two builds of walguard instead (see `compare.rs`): REF's
+//! walguard with the current harness, built in a temporary git worktree, against the
+//! current build; ratio = current/REF, no targets judged.
 //!
 //! Timing is never asserted by tests. `--quick` (the CI smoke run) uses tiny sizes and
 //! three rounds; its PASS/FAIL verdicts mean nothing. `--strict` makes a FAIL the exit
 //! status (1); otherwise `bench` exits 0 whenever it ran to the end.
 //!
-//! `contention` re-executes this binary as `vfs-tests bench-child contend ...`.
+//! `contention` re-executes this binary as `vfs-tests bench-child contend ...`; the audit
+//! as `bench-child audit|steady`; `--compare` as `bench-child run` (one round of one
+//! workload).
 
 pub(crate) mod audit;
 pub(crate) mod child;

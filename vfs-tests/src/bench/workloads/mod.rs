@@ -85,7 +85,7 @@ impl Workload {
 
     pub(crate) fn target(self) -> Target {
         match self {
-            Workload::Churn => Target::MaxCostRatio(1.10),
+            Workload::Churn => Target::MaxCostRatio(1.05),
             Workload::Contention => Target::MinThroughputRatio(0.98),
             Workload::Speedtest1 => Target::Info,
             _ => Target::MaxCostRatio(1.02),
