@@ -1,7 +1,9 @@
 //! Smoke tests of `vfs-tests bench`: it runs, and it reports. Timing is never asserted
-//! here (the machine may be busy); only that every workload printed a ratio line, and,
-//! from the syscall audit (counting system calls is deterministic), that walguard adds
-//! no system call per page read or written.
+//! here (the machine may be busy); only that every workload printed a ratio line, that
+//! contention reports SQLITE_BUSY counts per VFS, that the audit's per-phase counts are
+//! in the JSON, and, from the syscall audit (counting system calls is deterministic),
+//! that walguard adds no system call per page read or written. (The steady-state budget
+//! is asserted by `hot_path_syscalls.rs`.)
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -67,17 +69,68 @@ fn quick_bench_prints_a_ratio_for_every_workload() {
 
 #[test]
 fn quick_json_has_every_workload() {
-    let out = bench(&["--quick", "--json", "--only", "read-point,churn"]);
+    let out = bench(&["--quick", "--json", "--only", "read-point,churn,contention"]);
     let json = String::from_utf8_lossy(&out.stdout);
     let json = json.trim();
     assert!(json.starts_with('{') && json.ends_with('}'), "{json}");
-    for w in ["read-point", "churn"] {
+    for w in ["read-point", "churn", "contention"] {
         assert!(json.contains(&format!("\"name\":\"{w}\"")), "{json}");
     }
     assert!(json.contains("\"ratio\":"), "{json}");
+    // SQLITE_BUSY counts per VFS for contention.
+    for vfs in ["unix", "walguard"] {
+        assert!(
+            json.contains(&format!("\"{vfs}\":{{\"handler_calls\":")),
+            "no busy counts for {vfs}: {json}"
+        );
+    }
     // The human report goes to stderr with --json.
     let report = String::from_utf8_lossy(&out.stderr);
     assert!(ratio_of(&report, "churn").is_some(), "{report}");
+    assert!(
+        report
+            .lines()
+            .any(|l| l.trim_start().starts_with("walguard") && l.contains("busy-handler calls")),
+        "no SQLITE_BUSY line for walguard in the report:\n{report}"
+    );
+}
+
+#[test]
+fn help_documents_compare_and_busy_counts() {
+    let out = bench(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "--compare REF",
+        "git worktree",
+        "current/REF",
+        "SQLITE_BUSY",
+    ] {
+        assert!(
+            help.contains(needle),
+            "--help does not mention {needle:?}:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn compare_with_an_unknown_revision_fails_clearly() {
+    let out = Command::new(exe())
+        .args([
+            "bench",
+            "--quick",
+            "--only",
+            "churn",
+            "--compare",
+            "no-such-revision-of-walguard",
+        ])
+        .output()
+        .expect("run vfs-tests bench");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no-such-revision-of-walguard") && err.contains("not a commit"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -89,8 +142,20 @@ fn audit_finds_no_extra_syscall_per_page() {
         eprintln!("SKIPPED: strace is not installed (scripts/setup installs it)");
         return;
     }
-    let out = bench(&["--quick", "--only", "audit"]);
-    let report = String::from_utf8_lossy(&out.stdout);
+    let out = bench(&["--quick", "--json", "--only", "audit"]);
+    let json = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "\"phases\":[{\"mode\":\"read\",\"phase\":\"open\"",
+        "\"phase\":\"txn\",\"transactions\":",
+        "\"steady\":{\"txns\":",
+        "\"phase\":\"write\",\"transactions\":",
+    ] {
+        assert!(
+            json.contains(needle),
+            "no {needle} in the audit JSON:\n{json}"
+        );
+    }
+    let report = String::from_utf8_lossy(&out.stderr);
     for io in ["read", "write"] {
         let line = report
             .lines()
