@@ -15,9 +15,10 @@
 //!
 //! - [`python_os_fork`]: Debian's `/usr/bin/python3` with `libwalguard.so` loaded as the
 //!   default VFS (`vfs-tests/py/fork_writers.py`), and the same script without it.
-//! - [`rust_libc_fork`]: `libc::fork` in `vfs-tests worker fork-writers` (a separate,
-//!   single-threaded process: never fork the multi-threaded test harness), walguard
-//!   registered with `walguard::register`, and the same on plain unix.
+//! - [`rust_libc_fork`]: `libc::fork` in `vfs-tests worker fork-writers` (a separate
+//!   process without threads of its own besides walguard's watcher: never fork the
+//!   multi-threaded test harness), walguard registered with `walguard::register`, and
+//!   the same on plain unix.
 //!
 //! Each test runs the unix baseline first (it must be clean: otherwise the scenario, not
 //! walguard, is broken), then walguard, several repetitions each. The two tests take
