@@ -110,30 +110,61 @@ pub(crate) fn before_exclusive(node: &DbNode, id: u64, has_shm: bool) -> Result<
         // The presence probe below must look at the lock file now at the path.
         let _ = g2::check_lock_file(node, &mut node.state.lock(), true);
     }
-    if has_shm && others_hold_wal_index(node, true) {
-        bump!(exclusive_refused);
-        tracing::info!(target: "walguard", path = %node.path, decision = "busy",
-            "EXCLUSIVE refused: another holder still uses the WAL index (the close skips its checkpoint and clean-up)");
-        return Err(ffi::SQLITE_BUSY);
-    }
     let mut st = node.state.lock();
-    if st.shared_holders != 1 || !st.mirror_held {
-        return Ok(false);
-    }
-    if let Some(shm) = st.shm.clone() {
-        if st.shm_handles <= 1 {
+    let sole = st.shared_holders == 1 && st.mirror_held;
+    match st.shm.clone() {
+        Some(_) if st.shm_handles > 1 => {
+            drop(st);
+            return Err(refuse_exclusive(node));
+        }
+        Some(shm) => {
+            // The tear-down window: under the life-cycle lock (G2), so no set-up can slip
+            // in between this decision and the unlinks.
             if !g2::try_acquire(&mut st, id) {
                 bump!(teardown_busy);
                 tracing::info!(target: "walguard", path = %node.path, decision = "busy",
                     "tear-down waits: another process is setting up or tearing down this WAL");
-                return Ok(false);
+                return Err(ffi::SQLITE_BUSY);
             }
+            // Our own dead-man-switch mirror would hide nobody but would be seen by the
+            // probe and by SQLite >= 3.50's own check: drop it for the attempt.
             let _ = fd::ofd_lock(shm.fd, Lock::Unlock, SHM_DMS, 1);
             st.dms_dropped = true;
+            drop(st);
+            if others_hold_wal_index(node, false) {
+                let mut st = node.state.lock();
+                restore_after_exclusive(node, &mut st, id, true);
+                drop(st);
+                return Err(refuse_exclusive(node));
+            }
+            st = node.state.lock();
+            // Nobody else holds the index, checked under the life-cycle lock: the
+            // last-close question that follows (PERSIST_WAL) need not probe again.
+            st.teardown_clear = true;
         }
+        None if has_shm => {
+            // Unguarded mapping (no -shm descriptor of ours): presence and the kept
+            // descriptor still tell.
+            drop(st);
+            if others_hold_wal_index(node, false) {
+                return Err(refuse_exclusive(node));
+            }
+            st = node.state.lock();
+        }
+        None => {}
+    }
+    if !sole {
+        return Ok(st.dms_dropped);
     }
     drop_mirror(node, &mut st);
     Ok(true)
+}
+
+fn refuse_exclusive(node: &DbNode) -> c_int {
+    bump!(exclusive_refused);
+    tracing::info!(target: "walguard", path = %node.path, decision = "busy",
+        "EXCLUSIVE refused: another holder still uses the WAL index (the close skips its checkpoint and clean-up)");
+    ffi::SQLITE_BUSY
 }
 
 /// Puts back what `before_exclusive` dropped and ends the tear-down window. The
@@ -380,7 +411,7 @@ pub(crate) fn attach_shm(node: &DbNode, prep: ShmPrep) -> Result<Option<Arc<ShmN
         .rfind('/')
         .map_or(".", |i| if i == 0 { "/" } else { &node.path[..i] });
     let watch = CString::new(dir).map_or(0, |d| crate::g4_sidecar_watch::watch(fd, &d));
-    let mirror_fd = st.lock_file.as_ref().and_then(|lf| lf.fd_for_locks());
+    let mirror_fd = mirror_target(node, &st);
     let shm = Arc::new(ShmNode {
         fd,
         writable,
@@ -533,27 +564,47 @@ pub(crate) fn external_reader(shm: &ShmNode) -> std::io::Result<bool> {
     Ok(fd::ofd_probe(shm.fd, Lock::Write, SHM_BASE + 3, SHM_NLOCK as i64 - 3)?.is_some())
 }
 
-/// WAL lock slots mirrored on the lock file: WRITE (0) and CKPT (1).
+/// WAL lock slots mirrored outside the `-shm`: WRITE (0) and CKPT (1).
 const MIRRORED_SLOTS: usize = 2;
 
-/// Mirrors an exclusive WRITE/CKPT lock (or its release) on the sidecar lock file, whose
-/// inode no `rm`/`mv` of the `-shm` replaces. Processes that map a replaced `-shm` and
-/// processes still on the old one then still exclude each other's writers and
-/// checkpointers: a new index is recovered only once the old index's last writer has
-/// committed (it fails its next transaction, G4), so recovery sees every commit.
+/// Where the WRITE/CKPT mirror lives on the database file: just past SQLite's own lock
+/// range (PENDING, RESERVED and the 510-byte SHARED range). SQLite never locks these
+/// bytes, and record locks do not affect reads or writes of the data they cover.
+pub(crate) const DB_MIRROR_BASE: i64 = SHARED_FIRST + SHARED_SIZE;
+
+/// Where a WAL index's WRITE/CKPT locks are mirrored: the database file (through a
+/// writable mirror descriptor) — whose inode no `rm`/`mv` of the sidecars replaces — or,
+/// when the database cannot be opened for writing, the lock file (which survives a
+/// replaced `-shm` but not `rm <db>-walguard`).
+pub(crate) fn mirror_target(node: &DbNode, st: &DbState) -> Option<(RawFd, i64)> {
+    match (node.db_mirror, node.db_mirror_writable) {
+        (Some(fd), true) => Some((fd, DB_MIRROR_BASE)),
+        _ => st
+            .lock_file
+            .as_ref()
+            .and_then(|lf| lf.fd_for_locks())
+            .map(|fd| (fd, SHM_BASE)),
+    }
+}
+
+/// Mirrors an exclusive WRITE/CKPT lock (or its release) on the database file (see
+/// [`mirror_target`]). Processes that map a replaced `-shm` and processes still on the
+/// old one then still exclude each other's writers and checkpointers (even when the lock
+/// file was removed too): a new index is recovered only once the old index's last writer
+/// has committed (it fails its next transaction, G4), so recovery sees every commit.
 /// `Some(code)` when the lock is held elsewhere (BUSY) or failed.
 fn mirror_on_lock_file(
-    mirror_fd: Option<RawFd>,
+    mirror: Option<(RawFd, i64)>,
     kind: Lock,
     first: usize,
     count: usize,
 ) -> Option<c_int> {
-    let lf = mirror_fd?;
+    let (lf, base) = mirror?;
     let end = (first + count).min(MIRRORED_SLOTS);
     if first >= end {
         return None;
     }
-    let (start, len) = (SHM_BASE + first as i64, (end - first) as i64);
+    let (start, len) = (base + first as i64, (end - first) as i64);
     match fd::ofd_lock(lf, kind, start, len) {
         Ok(true) => None,
         Ok(false) => Some(ffi::SQLITE_BUSY),

@@ -71,13 +71,16 @@ fn replace_lock_file(node: &DbNode, st: &mut DbState) -> Result<(), c_int> {
     if st.shm.is_some() {
         if let Some(new) = st.lock_file.as_ref() {
             let _ = new.hold_presence();
-            let new_fd = new.fd_for_locks();
-            if let Some(shm) = st.shm.as_ref() {
+            let on_lock_file = new
+                .fd_for_locks()
+                .map(|fd| (fd, crate::g1_one_wal_index::SHM_BASE));
+            let db_mirror = node.db_mirror_writable;
+            if let (Some(shm), false) = (st.shm.as_ref(), db_mirror) {
                 let mut locks = shm.locks.lock();
-                // Mirrors move only between transactions; a WRITE/CKPT held now stays
-                // mirrored on the old file until this mapping ends.
+                // Mirrors on the lock file move only between transactions; a WRITE/CKPT
+                // held now stays mirrored on the old file until this mapping ends.
                 if locks.slots[..2].iter().all(|&v| v >= 0) {
-                    locks.mirror_fd = new_fd;
+                    locks.mirror_fd = on_lock_file;
                 }
             }
         }
@@ -189,6 +192,11 @@ pub(crate) fn begin_setup(node: &DbNode, id: u64) -> Result<(), c_int> {
 pub(crate) fn begin_teardown(node: &DbNode, id: u64) -> bool {
     {
         let mut st = node.state.lock();
+        if st.lifecycle_holder == Some(id) && st.teardown_clear {
+            // Decided at this handle's EXCLUSIVE request, under the life-cycle lock.
+            bump!(unlink_allowed);
+            return true;
+        }
         if check_lock_file(node, &mut st, true).is_err() {
             return false;
         }

@@ -11,10 +11,10 @@
 //!
 //! | descriptor | inode | locks on it (all OFD) | lives until |
 //! |---|---|---|---|
-//! | `DbNode::db_mirror` | the database | SHARED-range read mirror while a handle is at SHARED+ | the node is evicted |
+//! | `DbNode::db_mirror` | the database | SHARED-range read mirror while a handle is at SHARED+; WAL WRITE/CKPT mirror (bytes past SQLite's lock range) while held | the node is evicted |
 //! | `ShmNode::fd` | the `-shm` | WAL lock bytes 120..127 served by walguard, dead-man-switch mirror (128) | last unmap; then kept unlocked in `DbState::shm_kept` |
 //! | `DbState::shm_kept` | a `-shm` this process mapped | none | reused by the next mapping if the path still names it, else closed when safe |
-//! | `DbState::lock_file` | `<db>-walguard` | presence (0), life-cycle (1), WRITE/CKPT mirrors (120, 121) | the node is evicted |
+//! | `DbState::lock_file` | `<db>-walguard` | presence (0), life-cycle (1), WRITE/CKPT mirrors (120, 121) only when the database is read-only here | the node is evicted |
 //! | `DbState::retired_lock_files` | a `<db>-walguard` removed from its path | presence | the node goes idle |
 //!
 //! A node outlives its last handle: the next connection to the same database reuses its
@@ -59,6 +59,9 @@ pub(crate) struct DbNode {
     /// Read-only descriptor that carries the OFD mirror of SQLite's SHARED lock. `None`
     /// when it could not be opened (the guarantee is degraded and that was logged).
     pub db_mirror: Option<RawFd>,
+    /// The mirror descriptor is open for writing: the WAL WRITE/CKPT mirror lives on the
+    /// database file (see `g1_one_wal_index::mirror_target`).
+    pub db_mirror_writable: bool,
     pub state: Mutex<DbState>,
 }
 
@@ -118,16 +121,17 @@ pub(crate) struct ShmNode {
     /// with `stat` at every transaction).
     pub watch: u64,
     /// Per WAL lock slot: 0 free, n > 0 shared by n handles, -1 exclusive; and the lock
-    /// file descriptor the WRITE/CKPT locks are mirrored on.
+    /// descriptor (and base offset) the WRITE/CKPT locks are mirrored on.
     pub locks: Mutex<ShmLocks>,
 }
 
 pub(crate) struct ShmLocks {
     pub slots: [i32; 8],
-    /// The lock file where the WRITE and CKPT locks are mirrored too (borrowed from
-    /// `DbState::lock_file`, which outlives every mapping): a `-shm` removed or replaced
-    /// under running processes cannot give a second set of writers or checkpointers.
-    pub mirror_fd: Option<RawFd>,
+    /// Where the WRITE and CKPT locks are mirrored too, and at which offset: the database
+    /// mirror descriptor, else the lock file (both borrowed from the node, which outlives
+    /// every mapping): a `-shm` removed or replaced under running processes cannot give
+    /// a second set of writers or checkpointers.
+    pub mirror_fd: Option<(RawFd, i64)>,
 }
 
 static DBS: LazyLock<Mutex<HashMap<Inode, Arc<DbNode>>>> =
@@ -165,22 +169,28 @@ pub(crate) fn attach_db(cpath: &CStr) -> Arc<DbNode> {
     let path = cpath.to_string_lossy().into_owned();
     // Without OFD locks (non-Linux) a mirror could hold nothing: none is opened (the
     // degradation was logged at registration).
+    // Read-write when allowed (an OFD write lock needs it: the WAL WRITE/CKPT mirror);
+    // nothing is ever written through it.
     let mirror = if fd::HAVE_OFD {
-        fd::open(cpath, libc::O_RDONLY, 0).map(fd::own)
+        fd::open(cpath, libc::O_RDWR, 0)
+            .map(|fd| (fd, true))
+            .or_else(|_| fd::open(cpath, libc::O_RDONLY, 0).map(|fd| (fd, false)))
+            .map(|(fd, w)| (fd::own(fd), w))
     } else {
         Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
     };
-    let (db_mirror, inode) = match mirror {
-        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => (None, by_path),
-        Ok(fd) => (
+    let (db_mirror, writable, inode) = match mirror {
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => (None, false, by_path),
+        Ok((fd, w)) => (
             Some(fd),
+            w,
             fd::fstat(fd).ok().map(|st| inode_of(&st)).or(by_path),
         ),
         Err(e) => {
             bump!(degraded);
             tracing::warn!(target: "walguard", path = %path, error = %e,
                 "cannot open a mirror descriptor of the database; lost-lock protection (G1) is off for it");
-            (None, by_path)
+            (None, false, by_path)
         }
     };
     let inode = inode.unwrap_or((0, 0));
@@ -198,6 +208,7 @@ pub(crate) fn attach_db(cpath: &CStr) -> Arc<DbNode> {
         cpath: cpath.to_owned(),
         path,
         db_mirror,
+        db_mirror_writable: writable,
         state: Mutex::new(DbState {
             handles: 1,
             ..DbState::default()

@@ -156,7 +156,9 @@ const PENDING: u64 = 0x4000_0000;
 /// - `-shm` (wal.c/os_unix.c): WAL locks at 120 + i (WRITE, CKPT, RECOVER, READ-0..4),
 ///   the dead-man switch (DMS) at 128.
 /// - `<db>-walguard` (walguard src/lock_file.rs, g2_wal_lifecycle.rs, g1_one_wal_index.rs):
-///   presence at 0, life-cycle at 1, mirrors of the WAL WRITE and CKPT locks at 120/121.
+///   presence at 0, life-cycle at 1, mirrors of the WAL WRITE and CKPT locks at 120/121
+///   (used only where the database is read-only for the process; otherwise walguard
+///   mirrors them on the database itself at PENDING_BYTE + 512/513, past SQLite's range).
 pub const TABLE: &[LockByte] = &[
     LockByte {
         file: Role::Database,
@@ -285,6 +287,22 @@ pub const TABLE: &[LockByte] = &[
         name: "walguard CKPT mirror",
         read: "walguard CKPT mirror read-locked (not done by walguard)",
         write: "walguard mirror of WAL CKPT: a walguard checkpoint is running",
+    },
+    LockByte {
+        file: Role::Database,
+        start: PENDING + 512,
+        len: 1,
+        name: "walguard WRITE mirror",
+        read: "walguard WRITE mirror read-locked (not done by walguard)",
+        write: "walguard mirror of WAL WRITE on the database: a walguard writer holds the write lock",
+    },
+    LockByte {
+        file: Role::Database,
+        start: PENDING + 513,
+        len: 1,
+        name: "walguard CKPT mirror",
+        read: "walguard CKPT mirror read-locked (not done by walguard)",
+        write: "walguard mirror of WAL CKPT on the database: a walguard checkpoint is running",
     },
 ];
 
