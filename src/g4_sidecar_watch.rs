@@ -55,6 +55,11 @@ pub(crate) fn set_enabled(yes: bool) {
     ENABLED.store(yes && !env_off, SeqCst);
 }
 
+/// The eventfd that asks the watcher thread to leave (-1: none), whether a watcher
+/// thread is reading now, and its handle.
+static WAKE: AtomicI32 = AtomicI32::new(-1);
+static RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static THREAD: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
 /// Directories already watched, with the instance that watches them.
 static SETUP: Mutex<Vec<(std::ffi::CString, u64)>> = Mutex::new(Vec::new());
 
@@ -110,32 +115,101 @@ pub(crate) fn watch(shm_fd: RawFd, dir: &CStr) -> u64 {
 /// Creates the inotify instance and the thread that reads it (SETUP held).
 #[cfg(target_os = "linux")]
 fn start_watcher() -> Option<u64> {
-    // SAFETY: plain syscall; the descriptor is owned by this module (and the ledger).
-    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
-    if fd < 0 {
+    // SAFETY: plain syscalls; the descriptors are owned by this module (and the ledger).
+    let (fd, wake) = unsafe {
+        (
+            libc::inotify_init1(libc::IN_CLOEXEC),
+            libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK),
+        )
+    };
+    if fd < 0 || wake < 0 {
+        for d in [fd, wake] {
+            if d >= 0 {
+                // SAFETY: just created here, never shared.
+                unsafe { libc::close(d) };
+            }
+        }
         return None;
     }
-    let fd = crate::fd::own(fd);
+    let (fd, wake) = (crate::fd::own(fd), crate::fd::own(wake));
     let instance = NEXT_INSTANCE.fetch_add(1, SeqCst);
-    let spawned = std::thread::Builder::new()
-        .name("walguard-watch".into())
-        .stack_size(64 * 1024)
-        .spawn(move || watcher(fd, instance));
-    if spawned.is_err() {
+    FD.store(fd, SeqCst);
+    WAKE.store(wake, SeqCst);
+    INSTANCE.store(instance, SeqCst);
+    if !spawn(fd, wake, instance) {
+        INSTANCE.store(0, SeqCst);
+        FD.store(-1, SeqCst);
+        WAKE.store(-1, SeqCst);
         crate::fd::close(fd);
+        crate::fd::close(wake);
         return None;
     }
-    FD.store(fd, SeqCst);
-    INSTANCE.store(instance, SeqCst);
     Some(instance)
 }
 
-/// The watcher thread: blocks on the inotify descriptor and advances the epoch.
+/// Starts the thread that reads `fd` for `instance` (SETUP held).
 #[cfg(target_os = "linux")]
-fn watcher(fd: RawFd, instance: u64) {
+fn spawn(fd: RawFd, wake: RawFd, instance: u64) -> bool {
+    RUNNING.store(true, SeqCst);
+    let spawned = std::thread::Builder::new()
+        .name("walguard-watch".into())
+        .stack_size(64 * 1024)
+        .spawn(move || watcher(fd, wake, instance));
+    match spawned {
+        Ok(handle) => {
+            *THREAD.lock() = Some(handle);
+            true
+        }
+        Err(_) => {
+            RUNNING.store(false, SeqCst);
+            false
+        }
+    }
+}
+
+/// The watcher thread: blocks on the inotify descriptor and advances the epoch; leaves
+/// when `wake` is signalled (before a fork) or its events can no longer be trusted.
+#[cfg(target_os = "linux")]
+fn watcher(fd: RawFd, wake: RawFd, instance: u64) {
     // u64 words: aligned for `inotify_event`.
     let mut buf = [0u64; 512];
     loop {
+        let mut fds = [
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wake,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd for the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if INSTANCE.load(SeqCst) != instance {
+            RUNNING.store(false, SeqCst);
+            return; // replaced
+        }
+        if rc < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return retire(fd, instance);
+        }
+        if fds[1].revents != 0 {
+            let mut v = 0u64;
+            // SAFETY: reads the eventfd's 8-byte counter into `v`.
+            unsafe { libc::read(wake, &mut v as *mut u64 as *mut libc::c_void, 8) };
+            // Asked to stop (a fork is coming): the queue stays with the descriptor and
+            // the next transaction start restarts a reader (see `must_check`).
+            RUNNING.store(false, SeqCst);
+            return;
+        }
+        if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+            return retire(fd, instance);
+        }
         // SAFETY: `buf` is writable for its whole size.
         let n = unsafe {
             libc::read(
@@ -144,9 +218,6 @@ fn watcher(fd: RawFd, instance: u64) {
                 std::mem::size_of_val(&buf),
             )
         };
-        if INSTANCE.load(SeqCst) != instance {
-            return; // replaced (or this is a forked child's copy)
-        }
         if n < 0 {
             if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
@@ -172,24 +243,33 @@ fn watcher(fd: RawFd, instance: u64) {
 fn retire(fd: RawFd, instance: u64) {
     let mut watched = SETUP.lock();
     EPOCH.fetch_add(1, SeqCst);
+    RUNNING.store(false, SeqCst);
     if INSTANCE
         .compare_exchange(instance, 0, SeqCst, SeqCst)
         .is_ok()
     {
         FD.store(-1, SeqCst);
+        let wake = WAKE.swap(-1, SeqCst);
         watched.clear();
         crate::fd::close(fd);
+        if wake >= 0 {
+            crate::fd::close(wake);
+        }
     }
 }
 
 /// The running watcher's instance (0: none).
 pub(crate) fn instance() -> u64 {
-    INSTANCE.load(SeqCst)
+    if RUNNING.load(SeqCst) {
+        INSTANCE.load(SeqCst)
+    } else {
+        0
+    }
 }
 
 /// The current epoch, or 0 when no watcher runs (callers then check with `stat`).
 pub(crate) fn epoch() -> u64 {
-    if INSTANCE.load(SeqCst) == 0 {
+    if INSTANCE.load(SeqCst) == 0 || !RUNNING.load(SeqCst) {
         0
     } else {
         EPOCH.load(SeqCst)
@@ -204,12 +284,51 @@ pub(crate) fn must_check(watched: u64, seen: u64) -> (bool, u64) {
     if watched == 0 || watched != INSTANCE.load(SeqCst) {
         return (true, epoch);
     }
+    if !RUNNING.load(SeqCst) {
+        // Stopped for a fork: nobody reads the queue now. Check with `stat`, and start a
+        // reader again (once; the events queued meanwhile are then read).
+        restart(watched);
+        return (true, epoch);
+    }
     (epoch != seen, epoch)
+}
+
+/// Restarts the reader of the current instance after a fork stopped it.
+fn restart(instance: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        let Some(_setup) = SETUP.try_lock() else {
+            return; // another thread is at it
+        };
+        let (fd, wake) = (FD.load(SeqCst), WAKE.load(SeqCst));
+        if RUNNING.load(SeqCst) || INSTANCE.load(SeqCst) != instance || fd < 0 || wake < 0 {
+            return;
+        }
+        if let Some(old) = THREAD.lock().take() {
+            let _ = old.join(); // it has left already (RUNNING is false)
+        }
+        spawn(fd, wake, instance);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = instance;
 }
 
 // ---- fork (see fork_safety) ----------------------------------------------------------
 
+/// Before a fork: the watcher thread is stopped and joined, so the process forks with
+/// the threads its host made (a host that counts them — Python >= 3.12 warns at
+/// `os.fork()` in a multi-threaded process — sees none of walguard's), then SETUP is
+/// held across the fork. The parent restarts the reader at its next transaction start.
 pub(crate) fn fork_prepare() {
+    let wake = WAKE.load(SeqCst);
+    if RUNNING.load(SeqCst) && wake >= 0 {
+        let one = 1u64;
+        // SAFETY: writes 8 bytes to the eventfd the watcher polls.
+        unsafe { libc::write(wake, &one as *const u64 as *const libc::c_void, 8) };
+        if let Some(handle) = THREAD.lock().take() {
+            let _ = handle.join();
+        }
+    }
     std::mem::forget(SETUP.lock());
 }
 
@@ -227,6 +346,10 @@ pub(crate) fn fork_parent() {
 /// In the child: no watcher thread runs; the descriptor was closed with the ledger.
 pub(crate) fn fork_child() {
     FD.store(-1, SeqCst);
+    WAKE.store(-1, SeqCst);
+    RUNNING.store(false, SeqCst);
+    // SAFETY: the child runs one thread; the handle names a thread of the parent.
+    unsafe { std::mem::forget((*THREAD.data_ptr()).take()) };
     INSTANCE.store(0, SeqCst);
     EPOCH.fetch_add(1, SeqCst);
     // SAFETY: fork_prepare locked SETUP before the fork; the child runs one thread.
