@@ -367,7 +367,10 @@ pub(crate) fn attach_shm(node: &DbNode, prep: ShmPrep) -> Result<Option<Arc<ShmN
         return Ok(Some(shm));
     }
     let (fd, writable, inode, dms_held) = match prep {
-        ShmPrep::Unguarded => return Ok(None),
+        ShmPrep::Unguarded => {
+            st.unguarded_handles += 1;
+            return Ok(None);
+        }
         // The node went away since `prepare_shm` (its last handle unmapped): the wrapped
         // VFS may have opened the `-shm` anew; start over.
         ShmPrep::Served => return Err(Retry),
@@ -440,6 +443,27 @@ pub(crate) fn detach_shm(node: &DbNode, deleted: bool) {
     if st.shm_handles > 0 {
         return;
     }
+    if st.unguarded_handles > 0 {
+        // Unguarded handles of this instance still map the index: presence stays.
+        if let Some(shm) = st.shm.take() {
+            let _ = fd::ofd_lock(shm.fd, Lock::Unlock, SHM_DMS, 1);
+            st.dms_dropped = false;
+            let kept = registry::KeptShm {
+                fd: shm.fd,
+                inode: shm.inode,
+                writable: shm.writable,
+            };
+            match st.shm_kept {
+                None => st.shm_kept = Some(kept),
+                Some(k) if k.fd != kept.fd => {
+                    drop(st);
+                    registry::close_when_safe(kept.fd, kept.inode.1);
+                }
+                Some(_) => {}
+            }
+        }
+        return;
+    }
     let dms_dropped = std::mem::take(&mut st.dms_dropped);
     if let Some(lf) = st.lock_file.as_ref() {
         lf.release_presence();
@@ -467,6 +491,18 @@ pub(crate) fn detach_shm(node: &DbNode, deleted: bool) {
     if deleted {
         // The file is gone from its path: the descriptor cannot be reused.
         registry::close_when_safe(kept.fd, kept.inode.1);
+    }
+}
+
+/// A handle whose mapping walguard could not guard unmapped: the last such handle (with
+/// no guarded one left) ends this instance's presence.
+pub(crate) fn detach_unguarded(node: &DbNode) {
+    let mut st = node.state.lock();
+    st.unguarded_handles = st.unguarded_handles.saturating_sub(1);
+    if st.unguarded_handles == 0 && st.shm_handles == 0 {
+        if let Some(lf) = st.lock_file.as_ref() {
+            lf.release_presence();
+        }
     }
 }
 

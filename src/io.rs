@@ -769,7 +769,7 @@ unsafe extern "C" fn x_shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) ->
         let Some(node) = st.db.clone().filter(|_| !st.inherited()) else {
             return fwd!(inner, xShmUnmap, delete);
         };
-        st.shm_attached = false;
+        let was_attached = std::mem::take(&mut st.shm_attached);
         let mut delete = delete;
         // Refused even where walguard does not serve this handle's WAL locks (degraded):
         // presence and the dead-man-switch probe still see the other holders.
@@ -780,7 +780,11 @@ unsafe extern "C" fn x_shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) ->
             delete = 0;
         }
         let Some(shm) = st.shm.take() else {
-            return fwd!(inner, xShmUnmap, delete);
+            let rc = fwd!(inner, xShmUnmap, delete);
+            if was_attached {
+                g1::detach_unguarded(&node);
+            }
+            return rc;
         };
         g1::release_all(&shm, &mut st.hold);
         let rc = fwd!(inner, xShmUnmap, delete);

@@ -89,6 +89,9 @@ pub(crate) struct DbState {
     pub lifecycle_holder: Option<u64>,
     pub shm: Option<Arc<ShmNode>>,
     pub shm_handles: usize,
+    /// Handles whose first mapping walguard could not guard (their WAL locks stay with
+    /// the wrapped VFS); they hold presence too.
+    pub unguarded_handles: usize,
     /// The `-shm` descriptor of the last mapping, unlocked, for the next one.
     pub shm_kept: Option<KeptShm>,
     /// The `-shm` dead-man-switch mirror is dropped for a tear-down attempt.
