@@ -49,6 +49,10 @@
 //! ## `vfs-tests worker fork-writers --vfs V --dir DIR [--children N] [--rows N] [--reps N]`
 //! A different mode: forked writers with `libc::fork` (the Rust twin of
 //! `vfs-tests/py/fork_writers.py`), see [`fork_writers_main`]. Used by `tests/fork.rs`.
+//!
+//! ## `vfs-tests worker fork-stale-shm --vfs V --dir DIR --variant untouched|closed`
+//! A child inherits a connection whose `-shm` was removed before the fork, and writes
+//! through a connection of its own; see [`fork_stale_shm_main`].
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Write};
@@ -506,8 +510,10 @@ impl Server {
 
 /// Entry point of `vfs-tests worker ARGS...`.
 pub fn main(args: &[String]) -> ExitCode {
-    if args.first().map(String::as_str) == Some("fork-writers") {
-        return fork_writers_main(&args[1..]);
+    match args.first().map(String::as_str) {
+        Some("fork-writers") => return fork_writers_main(&args[1..]),
+        Some("fork-stale-shm") => return fork_stale_shm_main(&args[1..]),
+        _ => {}
     }
     let cfg = match parse_args(args) {
         Ok(c) => c,
@@ -1001,6 +1007,239 @@ pub fn fork_writers_main(args: &[String]) -> ExitCode {
     println!("clean_reps={clean}");
     println!("reps={}", cfg.reps);
     ExitCode::SUCCESS
+}
+
+// ---------------------------------------------------------------------------------
+// `vfs-tests worker fork-stale-shm`: a child inherits a connection whose `-shm` was
+// replaced before the fork.
+// ---------------------------------------------------------------------------------
+
+const STALE_USAGE: &str = "usage: vfs-tests worker fork-stale-shm --vfs unix|walguard \
+     --dir DIR --variant untouched|closed";
+
+/// Rows the other process (Q) and the child (C) commit.
+const STALE_ROWS: usize = 5;
+
+/// A scripted `vfs-tests worker` driven from this (single) thread: one command, one
+/// reply line, no reader threads (this process forks).
+struct Scripted {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Scripted {
+    fn start(vfs: Vfs, db: &Path, name: &str) -> Result<Scripted, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+        let mut child = Command::new(exe)
+            .args(["worker", "--vfs", vfs.name(), "--name", name, "--db"])
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("start worker {name}: {e}"))?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        Ok(Scripted {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// Sends `cmd`; the reply line (`ok ...` or `err ...`).
+    fn say(&mut self, cmd: &str) -> Result<String, String> {
+        writeln!(self.stdin, "{cmd}")
+            .and_then(|()| self.stdin.flush())
+            .map_err(|e| format!("send {cmd:?}: {e}"))?;
+        let mut line = String::new();
+        match self.stdout.read_line(&mut line) {
+            Ok(0) => Err(format!("worker exited before answering {cmd:?}")),
+            Ok(_) => Ok(line.trim_end().to_owned()),
+            Err(e) => Err(format!("read reply to {cmd:?}: {e}")),
+        }
+    }
+
+    fn finish(mut self) {
+        let _ = self.say("exit");
+        let _ = self.child.wait();
+    }
+}
+
+/// Entry point of `vfs-tests worker fork-stale-shm ARGS...`. Deterministic:
+/// 1. this process (P) opens the database in WAL mode through `--vfs`, creates the
+///    worker table, commits a row and keeps the connection A open (its `-shm` mapped);
+/// 2. the `-shm` is removed (an outside `rm`);
+/// 3. another process Q (`vfs-tests worker`, same VFS) opens the database, which
+///    creates a new `-shm`, and commits 5 rows; Q stays open;
+/// 4. P forks a child C: with `--variant untouched` C leaves A alone (never used, never
+///    closed), with `closed` it closes A first; then C opens a connection of its own and
+///    commits 5 rows (one transaction each), and leaves through `_exit`. With `no-fork`,
+///    P itself opens that second connection and commits the rows (A stays open);
+/// 5. while P still holds A (not used again) and Q its connection, a third process
+///    (plain unix) reads every row and runs `integrity_check`.
+///
+/// On plain unix, C's new connection reuses the `-shm` mapping SQLite's unix VFS
+/// inherited with A (its per-inode state survives the fork): C writes through the
+/// removed `-shm`, over Q's frames, and Q's acknowledged commits are lost. Prints
+/// `variant=V acked_p=1 acked_q=N acked_c=N rows=R lost=L integrity=... c_error=...
+/// clean=1|0`.
+pub fn fork_stale_shm_main(args: &[String]) -> ExitCode {
+    match fork_stale_shm(args) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vfs-tests worker fork-stale-shm: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn fork_stale_shm(args: &[String]) -> Result<String, String> {
+    let (mut vfs, mut dir, mut variant) = (None, None, None);
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let v = it
+            .next()
+            .ok_or_else(|| format!("{arg} needs a value; {STALE_USAGE}"))?;
+        match arg.as_str() {
+            "--vfs" => vfs = Some(Vfs::parse(v).ok_or_else(|| format!("unknown VFS {v:?}"))?),
+            "--dir" => dir = Some(PathBuf::from(v)),
+            "--variant" if ["untouched", "closed", "no-fork"].contains(&v.as_str()) => {
+                variant = Some(v.clone())
+            }
+            other => return Err(format!("bad argument {other:?} {v:?}; {STALE_USAGE}")),
+        }
+    }
+    let (vfs, dir, variant) = match (vfs, dir, variant) {
+        (Some(a), Some(b), Some(c)) => (a, b, c),
+        _ => return Err(STALE_USAGE.to_owned()),
+    };
+    vfs.prepare()?;
+    let db = dir.join("app.db");
+    let ctx = |what: &str, e: rusqlite::Error| format!("{}: {what}: {e}", db.display());
+    let a = fork_open(&db, vfs).map_err(|e| ctx("open A", e))?;
+    let mode: String = a
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(|e| ctx("journal_mode", e))?;
+    if mode != "wal" {
+        return Err(format!("journal_mode is {mode:?}"));
+    }
+    a.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, tag TEXT, payload BLOB);
+         INSERT INTO t(tag, payload) VALUES ('p0', zeroblob(64));",
+    )
+    .map_err(|e| ctx("create and insert", e))?;
+    a.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+        .map_err(|e| ctx("read", e))?;
+    let shm = crate::disrupt::sidecar(&db, "-shm");
+    std::fs::remove_file(&shm).map_err(|e| format!("rm {}: {e}", shm.display()))?;
+
+    let mut q = Scripted::start(vfs, &db, "Q")?;
+    let mut acked_q = Vec::new();
+    for i in 0..STALE_ROWS {
+        let r = q.say(&format!(
+            "exec INSERT INTO t(tag, payload) VALUES ('q{i}', zeroblob(64))"
+        ))?;
+        if r == "ok" {
+            acked_q.push(format!("q{i}"));
+        } else {
+            return Err(format!("Q's commit {i} failed: {r}"));
+        }
+    }
+    let threads = harness_threads();
+    if !threads.is_empty() {
+        return Err(format!("threads {threads:?} besides the main one"));
+    }
+
+    let close_a = variant == "closed";
+    let mut inherited = [Some(a)];
+    let second_connection = || {
+        let (acked, err) = match fork_open(&db, vfs) {
+            Ok(conn) => {
+                let mut acked = 0;
+                let mut err = None;
+                for i in 0..STALE_ROWS {
+                    let r = conn.execute(
+                        "INSERT INTO t(tag, payload) VALUES (?1, zeroblob(64))",
+                        [format!("c{i}")],
+                    );
+                    match r {
+                        Ok(_) => acked += 1,
+                        Err(e) => {
+                            err = Some(one_line(&format!("row c{i}: {}", error_code(&e).1)));
+                            break;
+                        }
+                    }
+                }
+                std::mem::forget(conn); // _exit with it open
+                (acked, err)
+            }
+            Err(e) => (0, Some(format!("open: {e}"))),
+        };
+        write_result(&dir, "stale-child", acked, &err);
+    };
+    let status = if variant == "no-fork" {
+        second_connection();
+        0
+    } else {
+        let pid = fork_child(|| {
+            if close_a {
+                if let Some(c) = inherited[0].take() {
+                    let _ = c.close();
+                }
+            }
+            second_connection();
+            0
+        })?;
+        wait_pid(pid)
+    };
+    let (acked_c, c_error) = read_result(&dir, "stale-child")?;
+
+    // The verdict, read by a third process through plain unix while A and Q are open.
+    let mut r = Scripted::start(Vfs::Unix, &db, "R")?;
+    let rows = r.say("rows")?;
+    let integrity = r.say("integrity")?;
+    r.finish();
+    q.finish();
+    let [a] = inherited;
+    std::mem::forget(a); // A is never used again (its -shm is gone)
+
+    let tags: Vec<String> = match rows.strip_prefix("ok") {
+        Some(p) => parse_rows(p.trim()).into_iter().map(|(_, t)| t).collect(),
+        None => Vec::new(),
+    };
+    let mut expected = vec!["p0".to_owned()];
+    expected.extend(acked_q);
+    expected.extend((0..acked_c).map(|i| format!("c{i}")));
+    let missing: Vec<&String> = expected.iter().filter(|t| !tags.contains(t)).collect();
+    let integrity_ok = integrity == "ok ok";
+    let clean = status == 0 && missing.is_empty() && integrity_ok && rows.starts_with("ok");
+    Ok(format!(
+        "variant={variant} acked_p=1 acked_q={STALE_ROWS} acked_c={acked_c} rows={} lost={} \
+         missing={} integrity={} c_error={} child_status={status:#x} clean={}",
+        tags.len(),
+        missing.len(),
+        if missing.is_empty() {
+            "-".to_owned()
+        } else {
+            missing
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        },
+        if integrity_ok {
+            "ok".to_owned()
+        } else {
+            one_line(&integrity).replace(' ', "_")
+        },
+        c_error.as_deref().unwrap_or("-").replace(' ', "_"),
+        u8::from(clean)
+    ))
 }
 
 // ---------------------------------------------------------------------------------

@@ -20,6 +20,12 @@
 //!   multi-threaded test harness), walguard registered with `walguard::register`, and
 //!   the same on plain unix.
 //!
+//! - [`child_of_a_connection_on_a_replaced_shm`]: deterministic. The parent's
+//!   connection maps a `-shm` that is removed (and re-created by another process that
+//!   commits) before the fork; a child that leaves the inherited connection alone and
+//!   opens its own reuses SQLite's inherited mapping of the removed `-shm`. Plain unix
+//!   loses the other process's commits (the baseline); walguard must not (G4).
+//!
 //! Each test runs the unix baseline first (it must be clean: otherwise the scenario, not
 //! walguard, is broken), then walguard, several repetitions each. The two tests take
 //! turns.
@@ -251,4 +257,66 @@ fn repetition_lines_parse() {
     );
     assert!(parse_rep("clean_reps=3").is_none());
     assert!(parse_rep("rep=1 clean=1").is_none());
+}
+
+/// One `vfs-tests worker fork-stale-shm` run: its `key=value` line.
+fn stale_shm(vfs: &str, variant: &str) -> std::collections::BTreeMap<String, String> {
+    let dir = common::tempdir();
+    let mut cmd = Command::new(common::exe());
+    cmd.args([
+        "worker",
+        "fork-stale-shm",
+        "--vfs",
+        vfs,
+        "--variant",
+        variant,
+    ])
+    .arg("--dir")
+    .arg(dir.path());
+    let out = run_with_timeout(cmd, None, RUN_TIMEOUT);
+    out.assert_success(&format!("fork-stale-shm --vfs {vfs} --variant {variant}"));
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("variant="))
+        .unwrap_or_else(|| panic!("no result line:\n{out}"));
+    eprintln!("{vfs:>8}: {line}");
+    vfs_tests::extension::parse_kv(&line.replace(' ', "\n"))
+}
+
+/// A child inherits a connection whose `-shm` was removed (an outside `rm`) before the
+/// fork; another process has since created a new `-shm` and committed. A child that
+/// leaves the inherited connection alone and opens one of its own gets SQLite's
+/// inherited per-inode state, the removed `-shm` included: on plain unix it writes
+/// through the stale WAL index over the other process's frames, and those acknowledged
+/// commits are gone (the baseline). walguard must not write through a replaced `-shm`
+/// (G4): the child's commits may fail, but nothing acknowledged may be lost. A child
+/// that closes the inherited connection first is clean on both.
+#[test]
+fn child_of_a_connection_on_a_replaced_shm() {
+    let _turn = serial();
+    let unix = stale_shm("unix", "untouched");
+    assert_ne!(
+        unix["lost"], "0",
+        "plain unix lost nothing: the scenario no longer shows the stale -shm"
+    );
+    let unix_closed = stale_shm("unix", "closed");
+    assert_eq!(unix_closed["clean"], "1", "{unix_closed:?}");
+    let mut failures = Vec::new();
+    for variant in ["untouched", "closed"] {
+        let wg = stale_shm("walguard", variant);
+        if wg["clean"] != "1" {
+            failures.push(format!(
+                "walguard, child {variant} the inherited connection: {} acknowledged \
+                 commits lost ({}), integrity {}, child error {}",
+                wg["lost"], wg["missing"], wg["integrity"], wg["c_error"]
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\n(plain unix, inherited connection untouched: {} lost)",
+        failures.join("\n"),
+        unix["lost"]
+    );
 }
