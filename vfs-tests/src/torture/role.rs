@@ -22,7 +22,7 @@
 //! then, the way a pre-forking server does after opening its database. The child (see
 //! [`Worker::fork_child_work`]) either leaves the connection it inherited untouched
 //! (never used, never closed) or first closes it; then it opens a connection of its own,
-//! commits 1-6 transactions exactly as a writer does, logging each acknowledged one to a
+//! commits 1-20 transactions exactly as a writer does, logging each acknowledged one to a
 //! ledger of its own (`slotS.incI.forkN.writer`, tags `sSiIfNnK`), so the verification
 //! and the readers account for them like every other commit; it closes its own
 //! connection or leaves it open, and leaves through `_exit` (no destructor, no clean-up).
@@ -270,7 +270,7 @@ fn fork_gate_shared() -> RwLockReadGuard<'static, ()> {
 static IN_FORK_CHILD: AtomicBool = AtomicBool::new(false);
 
 /// Transactions a forked child commits: 1 to this many.
-const FORK_CHILD_TXNS: u64 = 6;
+const FORK_CHILD_TXNS: u64 = 20;
 /// A forked child starts no transaction after this long.
 const FORK_CHILD_BUDGET: Duration = Duration::from_secs(5);
 /// A forked child still running this long after the fork is killed and counted as hung.
@@ -909,7 +909,7 @@ impl Worker {
             Some(t) if now < t => return,
             Some(_) => {}
         }
-        self.next_fork = Some(now + Duration::from_millis(300 + self.rng.below(1200)));
+        self.next_fork = Some(now + Duration::from_millis(200 + self.rng.below(800)));
         let plan = ForkPlan {
             n: self.forks,
             close_inherited: self.rng.below(2) == 0 && self.conn.is_some(),
