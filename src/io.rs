@@ -320,6 +320,7 @@ unsafe extern "C" fn x_close(file: *mut ffi::sqlite3_file) -> c_int {
         if st.inherited() {
             // Opened by the parent process before a fork: its walguard state names the
             // parent's descriptors and locks. Close like plain unix; leak the state.
+            inherited_unmapped(&mut st);
             let rc = fwd!(inner, xClose);
             std::mem::forget(st);
             return rc;
@@ -650,6 +651,16 @@ unsafe extern "C" fn x_shm_map(
         }
         let epoch_before = crate::g4_sidecar_watch::epoch();
         let prep = g1::prepare_shm(&node, st.readonly_shm);
+        // Joining a mapping this process already has proves nothing about the path: that
+        // index may be on a `-shm` removed since (the first transaction then checks).
+        let fresh = matches!(prep, g1::ShmPrep::Opened { .. });
+        if let g1::ShmPrep::Opened { inode, .. } = prep {
+            if let Some(stale) = registry::inherited_stale_mapping(node.inode, inode) {
+                g1::abandon_shm(&node, prep);
+                g2::release(&node, st.id);
+                return refuse_inherited_stale(&st.path, stale);
+            }
+        }
         let mut rc = fwd!(inner, xShmMap, page, page_size, extend, out);
         // The wrapped VFS attached this handle to its shared memory (even when the page
         // itself is not there yet and `*out` is NULL): from now on walguard serves its
@@ -662,7 +673,7 @@ unsafe extern "C" fn x_shm_map(
                     // Both identities were proven after these epochs (the `-wal` at its
                     // open, the `-shm` by attach's `stat`): the first transaction need not
                     // prove them again unless an event came since (0: no watcher).
-                    if st.wal_inode.is_none() || st.seen_epoch == 0 || epoch_before == 0 {
+                    if !fresh || st.wal_inode.is_none() || st.seen_epoch == 0 || epoch_before == 0 {
                         st.seen_epoch = 0;
                     } else {
                         st.seen_epoch = st.seen_epoch.min(epoch_before);
@@ -725,6 +736,29 @@ unsafe extern "C" fn x_shm_lock(
     })
 }
 
+/// An inherited handle (opened before a fork) stops mapping its WAL index.
+fn inherited_unmapped(st: &mut FileState) {
+    if std::mem::take(&mut st.shm_attached) {
+        if let Some(db) = st.db.as_ref() {
+            registry::inherited_unmapped(db.inode, st.shm.as_ref().map(|s| s.inode));
+        }
+    }
+}
+
+/// A new connection of a forked child would be served, by the wrapped VFS, from a WAL
+/// index on a `-shm` that was removed or replaced since: connections inherited from the
+/// parent still map it. Fails the connection's first mapping (G4) instead.
+fn refuse_inherited_stale(path: &str, stale: Inode) -> c_int {
+    bump!(sidecar_replaced);
+    let msg = format!(
+        "walguard: {path}: this process inherited (through fork) connections that still map          a -shm that was removed or replaced since (inode {}); SQLite would serve new          connections from that stale WAL index. Close the inherited connections (SQLite          forbids using them after fork) and open again.",
+        stale.1
+    );
+    tracing::error!(target: "walguard", path, decision = "SQLITE_IOERR_VNODE", "{msg}");
+    crate::api::sqlite_log(ffi::SQLITE_IOERR_VNODE, &msg);
+    ffi::SQLITE_IOERR_VNODE
+}
+
 fn check_sidecars(st: &FileState, shm: &ShmNode) -> Result<(), c_int> {
     let shm_id = g4::FileId {
         dev: shm.inode.0,
@@ -766,6 +800,9 @@ unsafe extern "C" fn x_shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) ->
     guard("xShmUnmap", ffi::SQLITE_IOERR_SHMMAP, || {
         // SAFETY: SQLite passes an open walguard file.
         let (inner, st) = unsafe { (inner(file), state(file)) };
+        if st.inherited() {
+            inherited_unmapped(st);
+        }
         let Some(node) = st.db.clone().filter(|_| !st.inherited()) else {
             return fwd!(inner, xShmUnmap, delete);
         };

@@ -339,9 +339,31 @@ pub(crate) fn first_warning(key: &str) -> bool {
 
 // ---- fork (see fork_safety) --------------------------------------------------------
 
+/// WAL indexes the wrapped VFS of a forked child still maps on behalf of connections it
+/// inherited: SQLite's unix VFS keeps one mapping per database inode and process, shares
+/// it with every new connection of the process, and a child inherits it. If the `-shm`
+/// was removed or replaced since, a new connection in the child would be served from the
+/// stale index (writing over another process's commits) while walguard locked the file
+/// now at the path. `(database inode, -shm inode, inherited handles still mapping it)`.
+static INHERITED: Mutex<Vec<(Inode, Inode, usize)>> = Mutex::new(Vec::new());
+
 pub(crate) fn fork_prepare() {
-    std::mem::forget(DBS.lock());
+    let dbs = DBS.lock();
+    // Every node's state too (DBS before state, as everywhere), so the child reads them
+    // whole; and room for the child's inherited-mapping table without allocating there.
+    let mut room = INHERITED.lock().len();
+    for node in dbs.values() {
+        std::mem::forget(node.state.lock());
+        room += 1;
+    }
+    {
+        let mut inh = INHERITED.lock();
+        let extra = room.saturating_sub(inh.len());
+        inh.reserve(extra);
+    }
+    std::mem::forget(dbs);
     std::mem::forget(DEFERRED.lock());
+    std::mem::forget(INHERITED.lock());
 }
 
 pub(crate) fn fork_prepare_forced() {
@@ -351,27 +373,73 @@ pub(crate) fn fork_prepare_forced() {
     if let Some(g) = DEFERRED.try_lock() {
         std::mem::forget(g);
     }
+    if let Some(g) = INHERITED.try_lock() {
+        std::mem::forget(g);
+    }
 }
 
 pub(crate) fn fork_parent() {
-    // SAFETY: fork_prepare locked both in this thread and forgot the guards.
+    // SAFETY: fork_prepare locked these in this thread and forgot the guards.
     unsafe {
+        INHERITED.force_unlock();
         DEFERRED.force_unlock();
+        for node in (*DBS.data_ptr()).values() {
+            node.state.force_unlock();
+        }
         DBS.force_unlock();
     }
 }
 
 /// In the child: forget the parent's nodes (never dropped: dropping would close
 /// descriptor numbers the child may reuse) and the deferred closes (their descriptors
-/// were closed with the ledger).
+/// were closed with the ledger); remember which WAL indexes inherited connections map.
 pub(crate) fn fork_child() {
-    // SAFETY: fork_prepare locked both before the fork; the child runs one thread.
+    // SAFETY: fork_prepare locked all of these before the fork; the child runs one
+    // thread; the nodes' states were locked by prepare, so they are read whole.
     unsafe {
         let map = &mut *DBS.data_ptr();
-        // Leaked on purpose (no allocation here, no destructor runs).
+        let inherited = &mut *INHERITED.data_ptr();
+        for node in map.values() {
+            let st = &*node.state.data_ptr();
+            let handles = st.shm_handles + st.unguarded_handles;
+            if handles > 0 {
+                let shm = st.shm.as_ref().map_or((0, 0), |s| s.inode);
+                // Capacity was reserved by prepare: no allocation here.
+                if inherited.len() < inherited.capacity() {
+                    inherited.push((node.inode, shm, handles));
+                }
+            }
+        }
+        // Leaked on purpose (no destructor runs; the states stay locked, unused).
         std::mem::forget(std::mem::take(map));
         (*DEFERRED.data_ptr()).clear();
+        INHERITED.force_unlock();
         DEFERRED.force_unlock();
         DBS.force_unlock();
     }
+}
+
+/// An inherited handle of database `db` stopped mapping its WAL index (unmap or close).
+pub(crate) fn inherited_unmapped(db: Inode, shm: Option<Inode>) {
+    let mut inh = INHERITED.lock();
+    let found = inh
+        .iter()
+        .position(|&(d, s, n)| d == db && n > 0 && shm.is_none_or(|x| x == s))
+        .or_else(|| inh.iter().position(|&(d, _, n)| d == db && n > 0));
+    if let Some(i) = found {
+        inh[i].2 -= 1;
+        if inh[i].2 == 0 {
+            inh.swap_remove(i);
+        }
+    }
+}
+
+/// The `-shm` inode an inherited connection still maps for database `db`, if it is not
+/// `current` (the file now at the path): the wrapped VFS would serve a new connection
+/// from that stale index.
+pub(crate) fn inherited_stale_mapping(db: Inode, current: Inode) -> Option<Inode> {
+    let inh = INHERITED.lock();
+    inh.iter()
+        .find(|&&(d, s, n)| d == db && n > 0 && s != (0, 0) && s != current)
+        .map(|&(_, s, _)| s)
 }
