@@ -172,6 +172,9 @@ pub(crate) fn audit(env: &Env) -> Result<AuditResult, String> {
     )?;
     let n = env.sizes.audit_txns;
     let [b, c] = [&env.sides[0].label, &env.sides[1].label];
+    // strace writes its logs all along: not in a directory walguard watches.
+    let logs = env.dir.join("strace-logs");
+    fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
     let mut rows = Vec::new();
     let mut phases = Vec::new();
     let mut checks = Vec::new();
@@ -190,7 +193,7 @@ pub(crate) fn audit(env: &Env) -> Result<AuditResult, String> {
                 create_db(vfs, &p, 0)?;
                 (p, 0)
             };
-            let log = env.dir.join(format!("audit-{mode}-{}.strace", side.key));
+            let log = logs.join(format!("audit-{mode}-{}.strace", side.key));
             let out = Command::new(&strace)
                 .args(["-f", "-qq", "-o"])
                 .arg(&log)
@@ -299,9 +302,13 @@ pub(crate) fn audit(env: &Env) -> Result<AuditResult, String> {
     steady::prepare_db(&base_db, STEADY_ROWS)?;
     let mut traces = Vec::new();
     for side in &env.sides {
-        let db = env.dir.join(format!("steady-{}.db", side.key));
+        // A directory of its own: walguard watches it, and the strace log stays outside.
+        let db_dir = env.dir.join(format!("steady-{}", side.key));
+        fs::create_dir_all(&db_dir)
+            .map_err(|e| format!("cannot create {}: {e}", db_dir.display()))?;
+        let db = db_dir.join("steady.db");
         fs::copy(&base_db, &db).map_err(|e| format!("cannot copy {}: {e}", base_db.display()))?;
-        let log = env.dir.join(format!("steady-{}.strace", side.key));
+        let log = logs.join(format!("steady-{}.strace", side.key));
         let ms = crate::bench::READ_RECHECK_MS.load(std::sync::atomic::Ordering::Relaxed);
         traces.push(steady::trace(
             side.binary(env),
