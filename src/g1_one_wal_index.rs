@@ -425,7 +425,16 @@ pub(crate) fn attach_shm(node: &DbNode, prep: ShmPrep) -> Result<Option<Arc<ShmN
             slots: [0; SHM_NLOCK],
             mirror_fd,
         }),
+        record: std::sync::atomic::AtomicPtr::new(
+            st.lock_file
+                .as_ref()
+                .map_or(std::ptr::null(), |lf| lf.record_ptr()) as *mut _,
+        ),
     });
+    // Proven just above to be the -shm at the path: tell every process (G4).
+    if let Some(r) = shm.record() {
+        r.publish_shm(inode);
+    }
     bump!(shm_mapped);
     st.watch = watch;
     st.shm = Some(shm.clone());

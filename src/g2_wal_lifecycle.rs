@@ -71,6 +71,12 @@ fn replace_lock_file(node: &DbNode, st: &mut DbState) -> Result<(), c_int> {
     if st.shm.is_some() {
         if let Some(new) = st.lock_file.as_ref() {
             let _ = new.hold_presence();
+            if let Some(shm) = st.shm.as_ref() {
+                shm.record.store(
+                    new.record_ptr() as *mut _,
+                    std::sync::atomic::Ordering::Release,
+                );
+            }
             let on_lock_file = new
                 .fd_for_locks()
                 .map(|fd| (fd, crate::g1_one_wal_index::SHM_BASE));

@@ -670,6 +670,12 @@ unsafe extern "C" fn x_shm_map(
                 Ok(shm) => {
                     st.shm = shm;
                     st.shm_attached = true;
+                    // The -wal this connection proved at its open, for every process.
+                    if let (Some(shm), Some(wal)) = (st.shm.as_ref(), st.wal_inode) {
+                        if let Some(r) = shm.record() {
+                            r.publish_wal(wal);
+                        }
+                    }
                     // Both identities were proven after these epochs (the `-wal` at its
                     // open, the `-shm` by attach's `stat`): the first transaction need not
                     // prove them again unless an event came since (0: no watcher).
@@ -722,13 +728,24 @@ unsafe extern "C" fn x_shm_lock(
             // The watcher's epoch (an atomic load) says whether anything happened to a
             // sidecar since this connection last confirmed them; only then the `stat`s.
             let (must, epoch) = crate::g4_sidecar_watch::must_check(shm.watch, st.seen_epoch);
-            if must {
+            // The identity record: another walguard process that set up a new index on
+            // a replaced -shm (or opened a replaced -wal) said so (memory loads only).
+            let record = shm.record();
+            let disagrees = record.is_some_and(|r| r.disagrees(shm.inode, st.wal_inode));
+            if must || disagrees {
                 if let Err(code) = check_sidecars(st, shm) {
                     let undo = (flags & !ffi::SQLITE_SHM_LOCK) | ffi::SQLITE_SHM_UNLOCK;
                     g1::shm_lock(shm, &mut st.hold, ofst, n, undo);
                     return code;
                 }
                 st.seen_epoch = epoch;
+                if let (true, Some(r)) = (disagrees, record) {
+                    // Proven again just now: the record was stale, put ours back.
+                    r.publish_shm(shm.inode);
+                    if let Some(wal) = st.wal_inode {
+                        r.publish_wal(wal);
+                    }
+                }
             }
             st.checked.confirmed();
         }

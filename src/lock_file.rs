@@ -5,11 +5,23 @@
 //! It is created next to the database with the database's owner and permissions, is
 //! opened with `O_NOFOLLOW` (a planted symlink is refused, nothing is touched), and is
 //! never deleted. Closing it is always safe: walguard holds only OFD locks on it.
+//!
+//! Its first 4 KiB also hold the **identity record** (G4): the `(st_dev, st_ino)` of the
+//! `-shm` and the `-wal` that the last walguard process to prove them found at their
+//! paths. Every walguard process maps it shared; a transaction start compares its own
+//! sidecars with the record — two memory loads, no system call. A process that sets up
+//! a new WAL index on a replaced `-shm` (or opens a replaced `-wal`) publishes it before
+//! its first transaction, so every process still on the old files sees the disagreement
+//! at its next transaction start and checks (then fails, G4) before it can write over
+//! the newcomer's commits. Locks never touch these bytes' data (record locks are
+//! advisory), and the record is only a hint: a disagreement makes a process check with
+//! `stat`, an agreement is backed by the watcher thread's epoch.
 
 use crate::fd::{self, Lock};
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub(crate) const SUFFIX: &str = "-walguard";
 const PRESENCE: i64 = 0;
@@ -18,6 +30,8 @@ const LIFECYCLE: i64 = 1;
 pub(crate) struct LockFile {
     fd: RawFd,
     writable: bool,
+    /// The shared mapping of the identity record (`None`: the file could not be mapped).
+    record: Option<std::ptr::NonNull<Record>>,
     /// `(st_dev, st_ino)` of the file opened.
     inode: (u64, u64),
     pub(crate) path: String,
@@ -83,9 +97,11 @@ impl LockFile {
             Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
                 let fd = fd::own(fd);
                 let inode = crate::registry::inode_of(&st);
+                let record = map_record(fd, writable, st.st_size);
                 Ok(LockFile {
                     fd,
                     writable,
+                    record,
                     inode,
                     path,
                 })
@@ -171,8 +187,102 @@ fn is_symlink_error(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ELOOP)
 }
 
+/// Bytes of the lock file that are mapped (the record lives at [`RECORD_OFFSET`]).
+const MAP_LEN: usize = 4096;
+const RECORD_OFFSET: usize = 256;
+const RECORD_MAGIC: u64 = u64::from_le_bytes(*b"wgid\0\0\0\x01");
+
+/// The identity record (see the module documentation). All fields are atomics: other
+/// processes read and write them concurrently through their own mappings.
+#[repr(C)]
+pub(crate) struct Record {
+    magic: AtomicU64,
+    shm_dev: AtomicU64,
+    shm_ino: AtomicU64,
+    wal_dev: AtomicU64,
+    wal_ino: AtomicU64,
+}
+
+impl Record {
+    /// Publishes the `-shm` this process just proved is the one at the path.
+    pub(crate) fn publish_shm(&self, (dev, ino): (u64, u64)) {
+        self.shm_dev.store(dev, Ordering::SeqCst);
+        self.shm_ino.store(ino, Ordering::SeqCst);
+        self.magic.store(RECORD_MAGIC, Ordering::SeqCst);
+    }
+
+    /// Publishes the `-wal` this process just proved is the one at the path.
+    pub(crate) fn publish_wal(&self, (dev, ino): (u64, u64)) {
+        self.wal_dev.store(dev, Ordering::SeqCst);
+        self.wal_ino.store(ino, Ordering::SeqCst);
+        self.magic.store(RECORD_MAGIC, Ordering::SeqCst);
+    }
+
+    /// Whether the record names other sidecars than `shm` / `wal` (an unwritten field
+    /// disagrees with nothing). Memory loads only.
+    pub(crate) fn disagrees(&self, shm: (u64, u64), wal: Option<(u64, u64)>) -> bool {
+        if self.magic.load(Ordering::SeqCst) != RECORD_MAGIC {
+            return false;
+        }
+        let differs = |dev: &AtomicU64, ino: &AtomicU64, (d, i): (u64, u64)| {
+            let ino_now = ino.load(Ordering::SeqCst);
+            ino_now != 0 && (ino_now != i || dev.load(Ordering::SeqCst) != d)
+        };
+        differs(&self.shm_dev, &self.shm_ino, shm)
+            || wal.is_some_and(|w| differs(&self.wal_dev, &self.wal_ino, w))
+    }
+}
+
+/// Maps the record of the lock file open as `fd` (growing the file to [`MAP_LEN`] bytes
+/// first when it is shorter: mapping past the end would fault).
+fn map_record(fd: RawFd, writable: bool, size: libc::off_t) -> Option<std::ptr::NonNull<Record>> {
+    // Only a writable lock file is mapped: every mapping may publish (a read-only one
+    // would fault on the store); readers without one rely on the watcher's epoch.
+    if !writable {
+        return None;
+    }
+    let len = MAP_LEN as libc::off_t;
+    // SAFETY: plain syscall on a descriptor walguard owns; it only ever grows the file.
+    if size < len && unsafe { libc::ftruncate(fd, len) } != 0 {
+        return None;
+    }
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    // SAFETY: a fresh shared mapping of MAP_LEN bytes of a file at least that long.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), MAP_LEN, prot, libc::MAP_SHARED, fd, 0) };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    // SAFETY: RECORD_OFFSET + size_of::<Record>() < MAP_LEN; the offset is 8-aligned.
+    std::ptr::NonNull::new(unsafe { (p as *mut u8).add(RECORD_OFFSET) } as *mut Record)
+}
+
+impl LockFile {
+    /// The record's address, for handles that read it on the hot path (valid while this
+    /// lock file lives: the registry keeps lock files beyond every mapping that uses it).
+    pub(crate) fn record_ptr(&self) -> *const Record {
+        self.record
+            .map_or(std::ptr::null(), |p| p.as_ptr() as *const Record)
+    }
+}
+
+// SAFETY: the mapping is process-wide shared memory accessed only through atomics; the
+// descriptor is a plain integer. Nothing in LockFile is tied to a thread.
+unsafe impl Send for LockFile {}
+// SAFETY: as above: every access to the mapping is atomic.
+unsafe impl Sync for LockFile {}
+
 impl Drop for LockFile {
     fn drop(&mut self) {
+        if let Some(p) = self.record {
+            // SAFETY: `p` points RECORD_OFFSET bytes into the MAP_LEN mapping made in
+            // map_record, which nothing uses after this lock file is dropped.
+            unsafe {
+                libc::munmap(
+                    (p.as_ptr() as *mut u8).sub(RECORD_OFFSET) as *mut libc::c_void,
+                    MAP_LEN,
+                )
+            };
+        }
         // Only OFD locks live on this descriptor, so closing cancels nobody else's locks.
         fd::close(self.fd);
     }

@@ -126,6 +126,19 @@ pub(crate) struct ShmNode {
     /// Per WAL lock slot: 0 free, n > 0 shared by n handles, -1 exclusive; and the lock
     /// descriptor (and base offset) the WRITE/CKPT locks are mirrored on.
     pub locks: Mutex<ShmLocks>,
+    /// The identity record in the lock file's shared mapping (null: none), see
+    /// `lock_file::Record`. Valid while this node lives (lock files outlive mappings).
+    pub record: std::sync::atomic::AtomicPtr<crate::lock_file::Record>,
+}
+
+impl ShmNode {
+    /// The identity record, if any.
+    pub(crate) fn record(&self) -> Option<&crate::lock_file::Record> {
+        let p = self.record.load(Ordering::Acquire);
+        // SAFETY: set from a LockFile of this node's database, which the registry keeps
+        // (current or retired) for as long as any mapping of that database exists.
+        unsafe { p.as_ref() }
+    }
 }
 
 pub(crate) struct ShmLocks {
