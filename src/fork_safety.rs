@@ -68,6 +68,7 @@ pub(crate) fn check_pid() {
 }
 
 extern "C" fn prepare() {
+    crate::g4_sidecar_watch::fork_stop_watcher();
     crate::registry::fork_prepare();
     crate::g4_sidecar_watch::fork_prepare();
     crate::fd::fork_prepare();

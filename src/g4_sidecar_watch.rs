@@ -230,6 +230,7 @@ fn watcher(fd: RawFd, wake: RawFd, instance: u64) {
             Relevance::None => {}
             Relevance::Sidecar => {
                 EPOCH.fetch_add(1, SeqCst);
+                crate::registry::drop_stale_kept_shm();
             }
             Relevance::WatchLost => return retire(fd, instance),
         }
@@ -315,11 +316,12 @@ fn restart(instance: u64) {
 
 // ---- fork (see fork_safety) ----------------------------------------------------------
 
-/// Before a fork: the watcher thread is stopped and joined, so the process forks with
-/// the threads its host made (a host that counts them — Python >= 3.12 warns at
-/// `os.fork()` in a multi-threaded process — sees none of walguard's), then SETUP is
-/// held across the fork. The parent restarts the reader at its next transaction start.
-pub(crate) fn fork_prepare() {
+/// Before a fork, first of all (the watcher may be waiting for the registry's lock): the
+/// watcher thread is stopped and joined, so the process forks with the threads its host
+/// made (a host that counts them — Python >= 3.12 warns at `os.fork()` in a
+/// multi-threaded process — sees none of walguard's). The parent restarts the reader at
+/// its next transaction start.
+pub(crate) fn fork_stop_watcher() {
     let wake = WAKE.load(SeqCst);
     if RUNNING.load(SeqCst) && wake >= 0 {
         let one = 1u64;
@@ -329,6 +331,10 @@ pub(crate) fn fork_prepare() {
             let _ = handle.join();
         }
     }
+}
+
+/// Before a fork, after [`fork_stop_watcher`] and the registry: SETUP is held across it.
+pub(crate) fn fork_prepare() {
     std::mem::forget(SETUP.lock());
 }
 

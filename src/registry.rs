@@ -350,6 +350,31 @@ pub(crate) fn first_warning(key: &str) -> bool {
     true
 }
 
+/// Gives back kept `-shm` descriptors whose file is no longer at its path (removed or
+/// replaced while no mapping used it), so that no process keeps a `-shm (deleted)` open
+/// that it does not use. Called by the watcher thread after a sidecar event (off every
+/// connection's path); elsewhere the next mapping finds out with its `stat`.
+pub(crate) fn drop_stale_kept_shm() {
+    let nodes: Vec<Arc<DbNode>> = DBS.lock().values().cloned().collect();
+    for node in nodes {
+        let Some(kept) = node.state.lock().shm_kept else {
+            continue;
+        };
+        let Ok(cpath) = CString::new([node.cpath.to_bytes(), b"-shm"].concat()) else {
+            continue;
+        };
+        if fd::stat(&cpath).is_ok_and(|s| inode_of(&s) == kept.inode) {
+            continue;
+        }
+        let mut st = node.state.lock();
+        if st.shm_kept.is_some_and(|k| k.fd == kept.fd) {
+            st.shm_kept = None;
+            drop(st);
+            close_when_safe(kept.fd, kept.inode.1);
+        }
+    }
+}
+
 // ---- fork (see fork_safety) --------------------------------------------------------
 
 /// WAL indexes the wrapped VFS of a forked child still maps on behalf of connections it
