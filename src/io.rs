@@ -824,6 +824,12 @@ unsafe extern "C" fn x_shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) ->
             return fwd!(inner, xShmUnmap, delete);
         };
         let was_attached = std::mem::take(&mut st.shm_attached);
+        // The connection leaves WAL mode (or closes): the -wal it used is not the one it
+        // will open if it comes back (SQLite may delete and recreate both); its next
+        // first mapping takes the identity of the -wal opened then.
+        st.wal_path = None;
+        st.wal_inode = None;
+        st.seen_epoch = 0;
         let mut delete = delete;
         // Refused even where walguard does not serve this handle's WAL locks (degraded):
         // presence and the dead-man-switch probe still see the other holders.
