@@ -30,7 +30,7 @@
 use parking_lot::Mutex;
 use std::ffi::CStr;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::SeqCst};
 
 /// The inotify descriptor of this process (-1: none).
 static FD: AtomicI32 = AtomicI32::new(-1);
@@ -58,6 +58,8 @@ pub(crate) fn set_enabled(yes: bool) {
 /// The eventfd that asks the watcher thread to leave (-1: none), whether a watcher
 /// thread is reading now, and its handle.
 static WAKE: AtomicI32 = AtomicI32::new(-1);
+/// Readers of the inotify queue (the watcher thread) holding events not yet published.
+static READING: AtomicU32 = AtomicU32::new(0);
 static RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 static THREAD: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
 /// Directories already watched, with the instance that watches them.
@@ -118,7 +120,7 @@ fn start_watcher() -> Option<u64> {
     // SAFETY: plain syscalls; the descriptors are owned by this module (and the ledger).
     let (fd, wake) = unsafe {
         (
-            libc::inotify_init1(libc::IN_CLOEXEC),
+            libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK),
             libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK),
         )
     };
@@ -210,19 +212,40 @@ fn watcher(fd: RawFd, wake: RawFd, instance: u64) {
         if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
             return retire(fd, instance);
         }
+        // While this thread holds events it has not published, a writer's own drain
+        // (`drain_now`) must not conclude "nothing happened".
+        READING.fetch_add(1, SeqCst);
+        let outcome = read_events(fd, &mut buf);
+        READING.fetch_sub(1, SeqCst);
+        match outcome {
+            Ok(Relevance::None) => {}
+            Ok(Relevance::Sidecar) => crate::registry::drop_stale_kept_shm(),
+            Ok(Relevance::WatchLost) | Err(()) => return retire(fd, instance),
+        }
+    }
+}
+
+/// Reads what is queued on the (non-blocking) inotify descriptor and publishes it:
+/// the epoch advances for any sidecar event. `Err` when the descriptor is unusable.
+fn read_events(fd: RawFd, buf: &mut [u64; 512]) -> Result<Relevance, ()> {
+    let mut seen = Relevance::None;
+    loop {
         // SAFETY: `buf` is writable for its whole size.
         let n = unsafe {
             libc::read(
                 fd,
                 buf.as_mut_ptr() as *mut libc::c_void,
-                std::mem::size_of_val(&buf),
+                std::mem::size_of_val(buf),
             )
         };
         if n < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return retire(fd, instance); // unusable descriptor
+            return match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(seen),
+                _ => Err(()),
+            };
+        }
+        if n == 0 {
+            return Ok(seen);
         }
         // SAFETY: `buf` holds `n` initialised bytes.
         let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr() as *const u8, n as usize) };
@@ -230,11 +253,40 @@ fn watcher(fd: RawFd, wake: RawFd, instance: u64) {
             Relevance::None => {}
             Relevance::Sidecar => {
                 EPOCH.fetch_add(1, SeqCst);
-                crate::registry::drop_stale_kept_shm();
+                seen = Relevance::Sidecar;
             }
-            Relevance::WatchLost => return retire(fd, instance),
+            Relevance::WatchLost => {
+                EPOCH.fetch_add(1, SeqCst);
+                return Ok(Relevance::WatchLost);
+            }
         }
     }
+}
+
+/// Where a write transaction or a checkpoint starts: read whatever the kernel has queued
+/// right now (one non-blocking `read`, normally `EAGAIN`), so that an `rm`/`mv` of a
+/// sidecar that returned before this transaction began is always seen by it — the
+/// watcher thread may not have been scheduled yet. Returns whether the connection must
+/// check its sidecars (an event, or the watcher is holding unpublished events).
+pub(crate) fn drain_now(watched: u64, seen: u64) -> bool {
+    if watched == 0 || watched != INSTANCE.load(SeqCst) {
+        return true;
+    }
+    let fd = FD.load(SeqCst);
+    if fd < 0 {
+        return true;
+    }
+    let mut buf = [0u64; 512];
+    match read_events(fd, &mut buf) {
+        Ok(Relevance::None) | Ok(Relevance::Sidecar) => {}
+        Ok(Relevance::WatchLost) | Err(()) => {
+            // The watcher would have retired on this; it will not see it now.
+            #[cfg(target_os = "linux")]
+            retire(fd, watched);
+            return true;
+        }
+    }
+    READING.load(SeqCst) != 0 || EPOCH.load(SeqCst) != seen
 }
 
 /// Ends a watcher whose events can no longer be trusted (queue overflow, a watch that

@@ -728,6 +728,9 @@ unsafe extern "C" fn x_shm_lock(
             // The watcher's epoch (an atomic load) says whether anything happened to a
             // sidecar since this connection last confirmed them; only then the `stat`s.
             let (must, epoch) = crate::g4_sidecar_watch::must_check(shm.watch, st.seen_epoch);
+            // A write or checkpoint also reads the kernel's queue itself (one system
+            // call): nothing is written through a sidecar removed before it began.
+            let must = must || (write && crate::g4_sidecar_watch::drain_now(shm.watch, epoch));
             // The identity record: another walguard process that set up a new index on
             // a replaced -shm (or opened a replaced -wal) said so (memory loads only).
             let record = shm.record();

@@ -9,7 +9,10 @@
 //!
 //! Asserted (`brk` of the C allocator aside, see [`BRK_SLACK`]):
 //! - a read transaction: walguard makes no more system calls than unix (+0);
-//! - a write transaction: at most 2 more (the lock-file WRITE mirror, lock and unlock);
+//! - a write transaction: at most 3 more: the WRITE mirror on the database file (lock
+//!   and unlock) and G4's strict check where a write starts (one non-blocking `read` of
+//!   the inotify queue, normally `EAGAIN`: nothing is written through a sidecar removed
+//!   before the transaction began, whether or not the watcher thread ran yet);
 //! - the per-page path adds nothing: `pread64`/`pwrite64` counts per file are equal on
 //!   both VFSs (`xRead`/`xWrite` forward exactly), and in the transaction phases walguard
 //!   itself makes no system call that is not a lock (`xShmLock` beyond the lock itself,
@@ -29,8 +32,9 @@ use vfs_tests::worker::Vfs;
 const N: u64 = 200;
 /// Rows of the database (~3 MB: far more pages than the child's 8-page cache).
 const ROWS: u64 = 25_000;
-/// What walguard may add to one write transaction: the WRITE mirror lock and unlock.
-const WRITE_BUDGET: u64 = 2;
+/// What walguard may add to one write transaction: the WRITE mirror lock and unlock, and
+/// the strict G4 drain at write start.
+const WRITE_BUDGET: u64 = 3;
 /// `brk` (the C allocator growing the heap) is not counted in the budgets: walguard's
 /// state shifts where the heap's top falls, so one may land in a phase on one VFS and not
 /// on the other. More than this many extra in a phase would be an allocation per
@@ -160,6 +164,10 @@ fn steady_state_adds_no_system_call_to_reads_and_at_most_the_write_mirror_to_wri
             }
         }
         for (what, count) in steady::non_lock_own_calls(&wg, p) {
+            // The strict G4 check where a write starts: one read of the inotify queue.
+            if p == "write" && what.starts_with("read(") && what.contains("read_events") {
+                continue;
+            }
             failures.push(format!(
                 "{p}: walguard's own {what}: {count} calls ({:.2} per transaction; only the lock itself may be a system call on the hot path)",
                 per_txn(count)
