@@ -87,25 +87,32 @@ pub(crate) fn phase_label(p: &str) -> &'static str {
 /// syscall counts per phase, from an `strace -f` log.
 pub(crate) type Counts = BTreeMap<String, BTreeMap<String, u64>>;
 
+/// One line of strace output as `(call name, what follows its '(', the line without its
+/// pid)`: "PID name(args) = r" with -f, a bare "name(...)" without. `None` for resumed
+/// calls, exits, signals and anything that is not a call.
+pub(crate) fn strace_call(raw: &str) -> Option<(&str, &str, &str)> {
+    let line = raw.trim_start();
+    let line = match line.split_once(' ') {
+        Some((pid, rest)) if pid.bytes().all(|b| b.is_ascii_digit()) => rest.trim_start(),
+        _ => line,
+    };
+    if line.starts_with("<...") || line.starts_with("+++") || line.starts_with("---") {
+        return None;
+    }
+    let (name, rest) = line.split_once('(')?;
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return None;
+    }
+    Some((name, rest, line))
+}
+
 pub(crate) fn parse_strace(text: &str) -> Counts {
     let mut counts: Counts = BTreeMap::new();
     let mut phase: Option<String> = None;
-    for line in text.lines() {
-        // "PID name(args) = r" with -f; a bare "name(...)" without.
-        let line = line.trim_start();
-        let line = match line.split_once(' ') {
-            Some((pid, rest)) if pid.bytes().all(|b| b.is_ascii_digit()) => rest.trim_start(),
-            _ => line,
-        };
-        if line.starts_with("<...") || line.starts_with("+++") || line.starts_with("---") {
-            continue;
-        }
-        let Some((name, _)) = line.split_once('(') else {
+    for raw in text.lines() {
+        let Some((name, _, line)) = strace_call(raw) else {
             continue;
         };
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            continue;
-        }
         if let Some(pos) = line.find(MARK) {
             let p: String = line[pos + MARK.len()..]
                 .chars()

@@ -372,20 +372,9 @@ pub fn parse(text: &str, db: &Path) -> Trace {
             continue;
         }
         last = None;
-        let line = raw.trim_start();
-        let line = match line.split_once(' ') {
-            Some((pid, rest)) if pid.bytes().all(|b| b.is_ascii_digit()) => rest.trim_start(),
-            _ => line,
-        };
-        if line.starts_with("<...") || line.starts_with("+++") || line.starts_with("---") {
-            continue;
-        }
-        let Some((name, rest)) = line.split_once('(') else {
+        let Some((name, rest, line)) = super::audit::strace_call(raw) else {
             continue;
         };
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            continue;
-        }
         if let Some(pos) = line.find(MARK) {
             let p: String = line[pos + MARK.len()..]
                 .chars()
