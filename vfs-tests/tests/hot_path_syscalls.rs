@@ -67,7 +67,7 @@ fn per_txn(x: u64) -> f64 {
 }
 
 #[test]
-fn steady_state_adds_no_system_call_to_reads_and_at_most_the_mirror_and_the_strict_check_to_writes() {
+fn steady_reads_add_nothing_and_writes_only_the_mirror_and_the_strict_check() {
     assert!(
         steady::strace().is_some(),
         "strace is required to count system calls (scripts/setup installs it)"
