@@ -84,14 +84,20 @@ fn backup_into_other_page_size(dir: &Path, vfs: Option<&str>) -> (c_int, c_int, 
     (step, finish, size, names)
 }
 
-#[test]
-fn backup_into_a_database_with_another_page_size_works_as_on_unix() {
-    register_default();
+/// A temporary directory with a `unix` and a `walguard` subdirectory (one per VFS run).
+fn two_dirs() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let unix_dir = dir.path().join("unix");
     let wg_dir = dir.path().join("walguard");
     std::fs::create_dir(&unix_dir).expect("mkdir");
     std::fs::create_dir(&wg_dir).expect("mkdir");
+    (dir, unix_dir, wg_dir)
+}
+
+#[test]
+fn backup_into_a_database_with_another_page_size_works_as_on_unix() {
+    register_default();
+    let (_dir, unix_dir, wg_dir) = two_dirs();
 
     let unix = backup_into_other_page_size(&unix_dir, Some("unix"));
     assert_eq!(
@@ -315,11 +321,7 @@ fn chunk_transcript(dir: &Path, vfs: &str) -> Vec<String> {
 #[test]
 fn a_chunk_file_opened_as_a_main_database_behaves_as_on_unix() {
     register_default();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let unix_dir = dir.path().join("unix");
-    let wg_dir = dir.path().join("walguard");
-    std::fs::create_dir(&unix_dir).expect("mkdir");
-    std::fs::create_dir(&wg_dir).expect("mkdir");
+    let (_dir, unix_dir, wg_dir) = two_dirs();
     let unix = chunk_transcript(&unix_dir, "unix");
     assert!(
         unix.iter().any(|l| l == "sync: rc 0"),
