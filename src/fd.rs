@@ -198,22 +198,18 @@ pub(crate) fn own(fd: RawFd) -> RawFd {
 
 /// `pthread_atfork` prepare: no thread may be changing the ledger while the process forks.
 pub(crate) fn fork_prepare() {
-    std::mem::forget(OWNED.lock());
+    crate::fork_safety::hold(&OWNED);
 }
 
-/// [`fork_prepare`] in a child made without the fork handlers: the lock may have been
-/// held by a thread that does not exist here.
+/// [`fork_prepare`] in a child made without the fork handlers.
 pub(crate) fn fork_prepare_forced() {
-    // Held by a vanished thread otherwise: it stays locked, as prepare would leave it.
-    if let Some(g) = OWNED.try_lock() {
-        std::mem::forget(g);
-    }
+    crate::fork_safety::hold_forced(&OWNED);
 }
 
 /// `pthread_atfork` parent: undoes [`fork_prepare`].
 pub(crate) fn fork_parent() {
-    // SAFETY: fork_prepare locked OWNED in this thread and forgot the guard.
-    unsafe { OWNED.force_unlock() };
+    // SAFETY: fork_prepare held OWNED in this thread.
+    unsafe { crate::fork_safety::release(&OWNED) };
 }
 
 /// `pthread_atfork` child: closes the child's copies of every owned descriptor and
@@ -227,7 +223,7 @@ pub(crate) fn close_inherited() {
             libc::close(fd);
         }
         owned.clear();
-        OWNED.force_unlock();
+        crate::fork_safety::release(&OWNED);
     }
 }
 

@@ -52,6 +52,30 @@ pub(crate) fn install() {
     });
 }
 
+/// Takes `m` and keeps it locked across the fork (the guard is forgotten): the child
+/// sees its contents whole. [`release`] (parent) or the child's reset unlocks it.
+pub(crate) fn hold<T: ?Sized>(m: &parking_lot::Mutex<T>) {
+    std::mem::forget(m.lock());
+}
+
+/// [`hold`] in a child made without the fork handlers: a lock held by a thread that
+/// does not exist here stays locked, as `hold` would leave it.
+pub(crate) fn hold_forced<T: ?Sized>(m: &parking_lot::Mutex<T>) {
+    if let Some(g) = m.try_lock() {
+        std::mem::forget(g);
+    }
+}
+
+/// Unlocks what [`hold`] or [`hold_forced`] kept locked.
+///
+/// # Safety
+/// `m` is held by `hold`/`hold_forced` of this thread (or, in a child, of the thread that
+/// forked), and no guard of it exists.
+pub(crate) unsafe fn release<T: ?Sized>(m: &parking_lot::Mutex<T>) {
+    // SAFETY: per the contract, the lock is held with its guard forgotten.
+    unsafe { m.force_unlock() };
+}
+
 /// At `xOpen`: a process forked without the handlers (raw `clone`) resets here.
 pub(crate) fn check_pid() {
     // SAFETY: getpid cannot fail.

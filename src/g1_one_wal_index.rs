@@ -338,13 +338,16 @@ pub(crate) fn abandon_shm(node: &DbNode, prep: ShmPrep) {
             let _ = fd::ofd_lock(fd, Lock::Unlock, SHM_DMS, 1);
         }
         let mut st = node.state.lock();
-        if st.shm_kept.is_none() && st.shm.as_ref().is_none_or(|s| s.fd != fd) {
+        if st.shm.as_ref().is_some_and(|s| s.fd == fd) {
+            return; // the served mapping's own descriptor
+        }
+        if st.shm_kept.is_none() {
             st.shm_kept = Some(registry::KeptShm {
                 fd,
                 inode,
                 writable,
             });
-        } else if st.shm.as_ref().is_none_or(|s| s.fd != fd) {
+        } else {
             drop(st);
             registry::close_when_safe(fd, inode.1);
         }
@@ -452,34 +455,8 @@ pub(crate) fn detach_shm(node: &DbNode, deleted: bool) {
     if st.shm_handles > 0 {
         return;
     }
-    if st.unguarded_handles > 0 {
-        // Unguarded handles of this instance still map the index: presence stays.
-        if let Some(shm) = st.shm.take() {
-            let _ = fd::ofd_lock(shm.fd, Lock::Unlock, SHM_DMS, 1);
-            st.dms_dropped = false;
-            let kept = registry::KeptShm {
-                fd: shm.fd,
-                inode: shm.inode,
-                writable: shm.writable,
-            };
-            match st.shm_kept {
-                None => st.shm_kept = Some(kept),
-                Some(k) if k.fd != kept.fd => {
-                    drop(st);
-                    registry::close_when_safe(kept.fd, kept.inode.1);
-                }
-                Some(_) => {}
-            }
-        }
-        return;
-    }
     let dms_dropped = std::mem::take(&mut st.dms_dropped);
-    if let Some(lf) = st.lock_file.as_ref() {
-        lf.release_presence();
-    }
-    for lf in &st.retired_lock_files {
-        lf.release_presence();
-    }
+    release_presence(&st);
     let Some(shm) = st.shm.take() else { return };
     if !dms_dropped {
         let _ = fd::ofd_lock(shm.fd, Lock::Unlock, SHM_DMS, 1);
@@ -508,10 +485,17 @@ pub(crate) fn detach_shm(node: &DbNode, deleted: bool) {
 pub(crate) fn detach_unguarded(node: &DbNode) {
     let mut st = node.state.lock();
     st.unguarded_handles = st.unguarded_handles.saturating_sub(1);
-    if st.unguarded_handles == 0 && st.shm_handles == 0 {
-        if let Some(lf) = st.lock_file.as_ref() {
-            lf.release_presence();
-        }
+    release_presence(&st);
+}
+
+/// Ends this instance's presence (on the lock file and on any it moved away from) once
+/// no handle of it, guarded or not, maps the WAL index any more.
+fn release_presence(st: &DbState) {
+    if st.shm_handles > 0 || st.unguarded_handles > 0 {
+        return;
+    }
+    for lf in st.lock_file.iter().chain(&st.retired_lock_files) {
+        lf.release_presence();
     }
 }
 

@@ -68,27 +68,18 @@ fn replace_lock_file(node: &DbNode, st: &mut DbState) -> Result<(), c_int> {
         st.lock_file = Some(old);
         return Err(rc);
     }
-    if st.shm.is_some() {
-        if let Some(new) = st.lock_file.as_ref() {
-            let _ = new.hold_presence();
-            if let Some(shm) = st.shm.as_ref() {
-                shm.record.store(
-                    new.record_ptr() as *mut _,
-                    std::sync::atomic::Ordering::Release,
-                );
-            }
-            let on_lock_file = new
-                .fd_for_locks()
-                .map(|fd| (fd, crate::g1_one_wal_index::SHM_BASE));
-            let db_mirror = node.db_mirror_writable;
-            if let (Some(shm), false) = (st.shm.as_ref(), db_mirror) {
-                let mut locks = shm.locks.lock();
-                // Mirrors on the lock file move only between transactions; a WRITE/CKPT
-                // held now stays mirrored on the old file until this mapping ends.
-                if locks.slots[..2].iter().all(|&v| v >= 0) {
-                    locks.mirror_fd = on_lock_file;
-                }
-            }
+    if let (Some(shm), Some(new)) = (st.shm.as_ref(), st.lock_file.as_ref()) {
+        let _ = new.hold_presence();
+        shm.record.store(
+            new.record_ptr() as *mut _,
+            std::sync::atomic::Ordering::Release,
+        );
+        let mirror = crate::g1_one_wal_index::mirror_target(node, st);
+        let mut locks = shm.locks.lock();
+        // Mirrors move only between transactions; a WRITE/CKPT held now stays mirrored
+        // where it was until this mapping ends.
+        if locks.slots[..2].iter().all(|&v| v >= 0) {
+            locks.mirror_fd = mirror;
         }
     }
     st.retired_lock_files.push(old);

@@ -387,18 +387,16 @@ pub(crate) fn fork_stop_watcher() {
 
 /// Before a fork, after [`fork_stop_watcher`] and the registry: SETUP is held across it.
 pub(crate) fn fork_prepare() {
-    std::mem::forget(SETUP.lock());
+    crate::fork_safety::hold(&SETUP);
 }
 
 pub(crate) fn fork_prepare_forced() {
-    if let Some(g) = SETUP.try_lock() {
-        std::mem::forget(g);
-    }
+    crate::fork_safety::hold_forced(&SETUP);
 }
 
 pub(crate) fn fork_parent() {
-    // SAFETY: fork_prepare locked SETUP in this thread and forgot the guard.
-    unsafe { SETUP.force_unlock() };
+    // SAFETY: fork_prepare held SETUP in this thread.
+    unsafe { crate::fork_safety::release(&SETUP) };
 }
 
 /// In the child: no watcher thread runs; the descriptor was closed with the ledger.
@@ -413,7 +411,7 @@ pub(crate) fn fork_child() {
     // SAFETY: fork_prepare locked SETUP before the fork; the child runs one thread.
     unsafe {
         std::mem::forget(std::mem::take(&mut *SETUP.data_ptr()));
-        SETUP.force_unlock();
+        crate::fork_safety::release(&SETUP);
     }
 }
 

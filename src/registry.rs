@@ -257,14 +257,15 @@ pub(crate) fn detach_db(node: &Arc<DbNode>) {
     if unlinked {
         evict(&mut dbs, node);
     }
-    let idle: Vec<Arc<DbNode>> = dbs
-        .values()
-        .filter(|n| n.state.lock().handles == 0)
-        .cloned()
-        .collect();
-    if idle.len() > IDLE_CAP {
-        if let Some(oldest) = idle.iter().min_by_key(|n| n.state.lock().idle_since) {
-            evict(&mut dbs, oldest);
+    let is_idle = |n: &&Arc<DbNode>| n.state.lock().handles == 0;
+    if dbs.values().filter(is_idle).count() > IDLE_CAP {
+        let oldest = dbs
+            .values()
+            .filter(is_idle)
+            .min_by_key(|n| n.state.lock().idle_since)
+            .cloned();
+        if let Some(oldest) = oldest {
+            evict(&mut dbs, &oldest);
         }
     }
     drop(dbs);
@@ -386,45 +387,36 @@ pub(crate) fn drop_stale_kept_shm() {
 static INHERITED: Mutex<Vec<(Inode, Inode, usize)>> = Mutex::new(Vec::new());
 
 pub(crate) fn fork_prepare() {
+    use crate::fork_safety::hold;
     let dbs = DBS.lock();
     // Every node's state too (DBS before state, as everywhere), so the child reads them
     // whole; and room for the child's inherited-mapping table without allocating there.
-    let mut room = INHERITED.lock().len();
     for node in dbs.values() {
-        std::mem::forget(node.state.lock());
-        room += 1;
+        hold(&node.state);
     }
-    {
-        let mut inh = INHERITED.lock();
-        let extra = room.saturating_sub(inh.len());
-        inh.reserve(extra);
-    }
+    INHERITED.lock().reserve(dbs.len());
     std::mem::forget(dbs);
-    std::mem::forget(DEFERRED.lock());
-    std::mem::forget(INHERITED.lock());
+    hold(&DEFERRED);
+    hold(&INHERITED);
 }
 
 pub(crate) fn fork_prepare_forced() {
-    if let Some(g) = DBS.try_lock() {
-        std::mem::forget(g);
-    }
-    if let Some(g) = DEFERRED.try_lock() {
-        std::mem::forget(g);
-    }
-    if let Some(g) = INHERITED.try_lock() {
-        std::mem::forget(g);
-    }
+    use crate::fork_safety::hold_forced;
+    hold_forced(&DBS);
+    hold_forced(&DEFERRED);
+    hold_forced(&INHERITED);
 }
 
 pub(crate) fn fork_parent() {
-    // SAFETY: fork_prepare locked these in this thread and forgot the guards.
+    use crate::fork_safety::release;
+    // SAFETY: fork_prepare held all of these in this thread.
     unsafe {
-        INHERITED.force_unlock();
-        DEFERRED.force_unlock();
+        release(&INHERITED);
+        release(&DEFERRED);
         for node in (*DBS.data_ptr()).values() {
-            node.state.force_unlock();
+            release(&node.state);
         }
-        DBS.force_unlock();
+        release(&*DBS);
     }
 }
 
@@ -451,9 +443,9 @@ pub(crate) fn fork_child() {
         // Leaked on purpose (no destructor runs; the states stay locked, unused).
         std::mem::forget(std::mem::take(map));
         (*DEFERRED.data_ptr()).clear();
-        INHERITED.force_unlock();
-        DEFERRED.force_unlock();
-        DBS.force_unlock();
+        crate::fork_safety::release(&INHERITED);
+        crate::fork_safety::release(&DEFERRED);
+        crate::fork_safety::release(&*DBS);
     }
 }
 
