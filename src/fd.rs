@@ -9,7 +9,8 @@
 //!   process (so a read/read pair is compatible, but an OFD write lock conflicts with
 //!   this process's own POSIX lock on the same byte).
 
-use std::ffi::CStr;
+use parking_lot::Mutex;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::RawFd;
 
@@ -162,13 +163,13 @@ pub(crate) fn stat(path: &CStr) -> io::Result<libc::stat> {
     Ok(st)
 }
 
-/// Closes a descriptor walguard owns (and forgets it in the ledger if it was there).
-/// Callers decide *whether* closing is safe (see [`process_holds_posix_lock`]).
+/// Closes a descriptor walguard owns (and forgets it in the ledger).
+/// Callers decide *whether* closing is safe (see [`close_when_safe`]).
 pub(crate) fn close(fd: RawFd) {
     {
-        let mut owned = OWNED.lock();
-        if let Some(i) = owned.iter().position(|&o| o == fd) {
-            owned.swap_remove(i);
+        let mut ledger = LEDGER.lock();
+        if let Some(i) = ledger.iter().position(|e| e.fd() == fd) {
+            ledger.swap_remove(i);
         }
     }
     // SAFETY: the caller owns `fd` and never uses it again.
@@ -177,78 +178,232 @@ pub(crate) fn close(fd: RawFd) {
 
 // ---- the ledger of long-lived descriptors ---------------------------------------------
 
-/// Every descriptor walguard keeps beyond one call (database mirrors, `-shm` descriptors,
-/// lock files, the inotify instance), owned by the process that opened it. A forked child
-/// inherits the descriptors but not their ownership: [`close_inherited`] closes the
-/// child's copies in the `pthread_atfork` child handler, before any code of the child
-/// runs. That is safe and necessary:
+/// A descriptor walguard keeps beyond one call.
+enum Entry {
+    /// Opened by walguard (a `-shm`, a database descriptor of its own where the wrapped
+    /// VFS's cannot be used, the inotify instance, the watcher's eventfd).
+    Owned(RawFd),
+    /// Opened by the wrapped VFS for a connection, and carrying walguard's OFD locks on
+    /// the database (see `db_locks`). `reopen` is `/proc/self/fd/N`, prepared here so the
+    /// fork child handler needs no allocation.
+    Lent {
+        fd: RawFd,
+        reopen: CString,
+        flags: libc::c_int,
+    },
+}
+
+impl Entry {
+    fn fd(&self) -> RawFd {
+        match self {
+            Entry::Owned(fd) | Entry::Lent { fd, .. } => *fd,
+        }
+    }
+}
+
+/// Every descriptor walguard keeps or locks through, owned by the process that opened it.
+/// A forked child inherits the descriptors but not their ownership: the child hook, before
+/// any code of the child runs, closes its copies of owned ones and points its copies of
+/// lent ones at a fresh open file description of the same file. That is safe and
+/// necessary:
 /// - safe: a child holds no POSIX lock at that moment (fork does not inherit them), so a
 ///   close cancels nothing, and the parent's OFD locks stay (they belong to the open file
 ///   description, which the parent's descriptor keeps open);
 /// - necessary: through an inherited description the child would be the *same* OFD lock
 ///   owner as its parent (their locks never conflict), and it would keep the parent's
 ///   locks alive after the parent exits.
-static OWNED: parking_lot::Mutex<Vec<RawFd>> = parking_lot::Mutex::new(Vec::new());
+///
+/// Descriptors are opened *and* recorded under this lock ([`open_owned`], [`create_owned`]),
+/// which the fork prepare hook holds: no fork from another thread can copy a descriptor
+/// the ledger does not know yet.
+static LEDGER: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
 
-/// Records `fd` as a long-lived descriptor of this process (see [`OWNED`]).
-pub(crate) fn own(fd: RawFd) -> RawFd {
-    OWNED.lock().push(fd);
-    fd
+fn register_fork_hooks() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        crate::fork_safety::register(crate::fork_safety::Hooks {
+            order: crate::fork_safety::Order::Descriptors,
+            prepare: || crate::fork_safety::hold(&LEDGER),
+            // SAFETY: prepare held LEDGER in this thread.
+            parent: || unsafe { crate::fork_safety::release(&LEDGER) },
+            child: child_after_fork,
+        })
+    });
 }
 
-/// `pthread_atfork` prepare: no thread may be changing the ledger while the process forks.
-pub(crate) fn fork_prepare() {
-    crate::fork_safety::hold(&OWNED);
+/// Opens `path` with `flags | O_CLOEXEC` and records the descriptor as walguard's own, in
+/// one step under the ledger lock.
+pub(crate) fn open_owned(path: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<RawFd> {
+    create_owned(|| open(path, flags, mode))
 }
 
-/// [`fork_prepare`] in a child made without the fork handlers.
-pub(crate) fn fork_prepare_forced() {
-    crate::fork_safety::hold_forced(&OWNED);
-}
-
-/// `pthread_atfork` parent: undoes [`fork_prepare`].
-pub(crate) fn fork_parent() {
-    // SAFETY: fork_prepare held OWNED in this thread.
-    unsafe { crate::fork_safety::release(&OWNED) };
-}
-
-/// `pthread_atfork` child: closes the child's copies of every owned descriptor and
-/// empties the ledger (no allocation, only `close`, which is async-signal-safe).
-pub(crate) fn close_inherited() {
-    // SAFETY: fork_prepare locked OWNED before the fork; the child has this one thread,
-    // so nothing else can touch the vector until the force_unlock below.
-    unsafe {
-        let owned = &mut *OWNED.data_ptr();
-        for &fd in owned.iter() {
-            libc::close(fd);
-        }
-        owned.clear();
-        crate::fork_safety::release(&OWNED);
-    }
-}
-
-/// Opens `path` read-write, creating it if missing the way the unix VFS creates a
-/// database's `-wal` and `-shm`: `O_NOFOLLOW`, the permission bits of `like` (the
-/// database), and — when the file is new (empty) — its exact mode and owner.
-pub(crate) fn open_or_create_like(path: &CStr, like: Option<&libc::stat>) -> io::Result<RawFd> {
-    let mode = like.map_or(0o644, |st| st.st_mode & 0o777);
-    let fd = open(path, libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW, mode)?;
-    if let Some(st) = like {
-        if fstat(fd).is_ok_and(|s| s.st_size == 0) {
-            match_owner_and_mode(fd, st);
-        }
-    }
+/// Runs `make` (which creates one descriptor) and records the result as walguard's own,
+/// under the ledger lock.
+pub(crate) fn create_owned(make: impl FnOnce() -> io::Result<RawFd>) -> io::Result<RawFd> {
+    register_fork_hooks();
+    let mut ledger = LEDGER.lock();
+    let fd = make()?;
+    ledger.push(Entry::Owned(fd));
     Ok(fd)
 }
 
-/// `fchmod`/`fchown` a file walguard just created so it matches the database's owner and
-/// permissions exactly (umask would otherwise narrow them). Best effort.
-pub(crate) fn match_owner_and_mode(fd: RawFd, like: &libc::stat) {
+/// Records that walguard takes OFD locks through `fd`, a descriptor the wrapped VFS
+/// opened (open for writing when `writable`). Idempotent.
+pub(crate) fn lend(fd: RawFd, writable: bool) {
+    register_fork_hooks();
+    let reopen = CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default();
+    let flags = if writable {
+        libc::O_RDWR
+    } else {
+        libc::O_RDONLY
+    } | libc::O_CLOEXEC;
+    let mut ledger = LEDGER.lock();
+    if !ledger.iter().any(|e| e.fd() == fd) {
+        ledger.push(Entry::Lent { fd, reopen, flags });
+    }
+}
+
+/// `fd` (lent) carries no walguard lock any more and may be closed by its owner.
+pub(crate) fn give_back(fd: RawFd) {
+    let mut ledger = LEDGER.lock();
+    if let Some(i) = ledger
+        .iter()
+        .position(|e| matches!(e, Entry::Lent { fd: f, .. } if *f == fd))
+    {
+        ledger.swap_remove(i);
+    }
+}
+
+/// How many descriptors walguard itself holds open now (for messages).
+pub(crate) fn owned_count() -> usize {
+    LEDGER
+        .lock()
+        .iter()
+        .filter(|e| matches!(e, Entry::Owned(_)))
+        .count()
+}
+
+/// The fork child hook (no allocation, only async-signal-safe calls): closes the child's
+/// copies of owned descriptors; gives each lent descriptor a fresh open file description
+/// of the same file (`/proc/self/fd/N` names the inherited one), so the connection that
+/// owns it in the child still reads the right file but no longer shares the parent's
+/// OFD locks. If the file cannot be opened again, `/dev/null` takes its place (the child
+/// may only close an inherited connection anyway).
+fn child_after_fork() {
+    // SAFETY: prepare locked LEDGER before the fork; the child has this one thread, so
+    // nothing else can touch the vector until the release below.
+    unsafe {
+        let ledger = &mut *LEDGER.data_ptr();
+        for e in ledger.iter() {
+            match e {
+                Entry::Owned(fd) => {
+                    libc::close(*fd);
+                }
+                Entry::Lent { fd, reopen, flags } => {
+                    let mut new = libc::open(reopen.as_ptr(), *flags);
+                    if new < 0 {
+                        new = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+                    }
+                    if new >= 0 {
+                        libc::dup3(new, *fd, libc::O_CLOEXEC);
+                        libc::close(new);
+                    }
+                }
+            }
+        }
+        ledger.clear();
+        crate::fork_safety::release(&LEDGER);
+    }
+    // SAFETY: as above; the deferred closes name descriptors of the parent's ledger,
+    // closed just now (they were owned).
+    unsafe {
+        (*DEFERRED.data_ptr()).clear();
+    }
+}
+
+/// Descriptors waiting until closing them cancels nobody's POSIX locks.
+static DEFERRED: Mutex<Vec<(RawFd, u64)>> = Mutex::new(Vec::new());
+
+/// Closes an owned descriptor of inode `ino` now if no POSIX lock of this process can be
+/// cancelled by it (another SQLite runtime of the process may lock the same file), else
+/// defers the close to [`flush_deferred`]. The descriptor's own OFD locks are released
+/// either way.
+pub(crate) fn close_when_safe(fd: RawFd, ino: u64) {
+    let _ = ofd_lock(fd, Lock::Unlock, 0, 0);
+    if close_could_cancel_locks(fd, ino) {
+        crate::stats::bump!(close_deferred);
+        tracing::debug!(target: "walguard", fd, ino, "close deferred: this process still holds POSIX locks on the file");
+        DEFERRED.lock().push((fd, ino));
+    } else {
+        close(fd);
+    }
+    flush_deferred();
+}
+
+/// Closes deferred descriptors whose files carry no POSIX lock of this process any more.
+pub(crate) fn flush_deferred() {
+    let Some(mut deferred) = DEFERRED.try_lock() else {
+        return;
+    };
+    if deferred.is_empty() {
+        return;
+    }
+    deferred.retain(|&(fd, ino)| {
+        if close_could_cancel_locks(fd, ino) {
+            true
+        } else {
+            close(fd);
+            false
+        }
+    });
+}
+
+/// An error message for a descriptor walguard could not open, naming the file and, when
+/// the process is out of descriptors, the limit and walguard's share of it.
+pub(crate) fn open_error_message(path: &str, e: &io::Error) -> String {
+    if e.raw_os_error() == Some(libc::EMFILE) || e.raw_os_error() == Some(libc::ENFILE) {
+        // SAFETY: all-zero is a valid rlimit; getrlimit fills it or fails.
+        let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+        // SAFETY: `lim` is writable for the call.
+        let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            lim.rlim_cur.to_string()
+        } else {
+            "unknown".to_owned()
+        };
+        format!(
+            "walguard: cannot open {path}: too many open files (the process may hold {limit} \
+             descriptors; walguard holds {} of them: one per mapped WAL index, as SQLite's \
+             unix VFS would, plus its watcher's two). Close connections or raise the limit \
+             (ulimit -n, LimitNOFILE=)",
+            owned_count()
+        )
+    } else {
+        format!("walguard: cannot open {path}: {e}")
+    }
+}
+
+/// `(st_dev, st_ino)`.
+pub(crate) type Inode = (u64, u64);
+
+#[allow(clippy::unnecessary_cast)] // the field types differ between unixes
+pub(crate) fn inode_of(st: &libc::stat) -> Inode {
+    (st.st_dev as u64, st.st_ino as u64)
+}
+
+/// After opening (maybe creating) a sidecar `fd` whose `fstat` is `st`: a new, empty file
+/// gets the database's exact permission bits (umask would narrow them), and as root the
+/// database's owner — what os_unix.c's `robust_open` and `robustFchown` do (the latter
+/// also when nothing would change).
+pub(crate) fn match_new_file(fd: RawFd, st: &libc::stat, db: &libc::stat) {
     // SAFETY: plain syscalls on a descriptor walguard owns.
     unsafe {
-        libc::fchmod(fd, like.st_mode & 0o7777);
-        if libc::geteuid() == 0 {
-            libc::fchown(fd, like.st_uid, like.st_gid);
+        if st.st_size == 0 && (st.st_mode & 0o777) != (db.st_mode & 0o777) {
+            libc::fchmod(fd, db.st_mode & 0o777);
+        }
+        // Only when it differs: a change of owner is an inotify event for every process
+        // watching the file.
+        if libc::geteuid() == 0 && (st.st_uid != db.st_uid || st.st_gid != db.st_gid) {
+            libc::fchown(fd, db.st_uid, db.st_gid);
         }
     }
 }

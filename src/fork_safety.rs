@@ -1,53 +1,77 @@
-//! Living through `fork()`.
+//! Living through `fork()`: the mechanism only.
 //!
-//! A child process inherits walguard's memory (the registry of databases, the per-handle
-//! states of every connection open at the fork) and its open file descriptions. Through an
+//! A child process inherits walguard's memory and its open file descriptions. Through an
 //! inherited description the child would be the same OFD lock owner as its parent, so the
 //! locks walguard exists to provide would never conflict between them, and a child that
-//! closes an inherited connection would unlock the parent's mirrors. Measured: forked
-//! writers lost rows through walguard where plain unix lost none.
+//! outlives its parent would keep the parent's locks alive. So ownership is per process,
+//! and a fork ends it.
 //!
-//! So ownership is per process, and a fork ends it (`pthread_atfork`, installed when
-//! walguard registers):
-//! - *prepare* (parent, forking thread): takes the registry's, the watcher's and the
-//!   descriptor ledger's locks, so the child sees none of them half-changed;
-//! - *child*: closes the child's copies of every descriptor walguard owns
-//!   ([`crate::fd::close_inherited`]; nothing is unlocked — the parent's locks belong to
-//!   the parent's descriptions and stay), forgets the inherited registry without dropping
-//!   it (its nodes name descriptors that are closed now), forgets the watcher, and
-//!   advances the [generation](generation);
-//! - *parent*: releases the locks.
+//! Each module that owns process-wide state registers its own hooks here
+//! ([`register`]), defined beside the state they protect; this module knows none of them
+//! by name. At a fork (`pthread_atfork`, installed when walguard registers):
+//! - *prepare* (parent, forking thread) runs the hooks in ascending [`Order`]: first the
+//!   watcher thread is stopped, then every lock is taken in the crate's lock order, so the
+//!   child sees no state half-changed;
+//! - *child* runs them in descending order (descriptors first: the child closes or
+//!   re-opens its copies before anything else), then advances the [generation](generation);
+//! - *parent* runs them in descending order, releasing what prepare took.
 //!
 //! A connection opened before the fork and used (or closed) in the child belongs to an
-//! older generation: its file handles become *forward-only* — every call goes straight to
-//! the wrapped VFS, exactly as plain unix would behave, and their walguard state is leaked
-//! at close, never unlocked or closed through. SQLite forbids using an inherited
-//! connection; closing one is harmless. New connections in the child get fresh
-//! descriptors, locks of their own, and every guarantee.
-//!
-//! A child made without the `pthread_atfork` handlers (a raw `clone`) is caught at the
-//! next `xOpen` by a pid check, which does the same reset (best effort).
+//! older generation: its calls are forward-only (see `io.rs`), exactly as plain unix would
+//! behave, and its walguard state is leaked at close, never unlocked or closed through.
 
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
-/// The process that owns walguard's current state (0: not installed yet).
-static OWNER_PID: AtomicI32 = AtomicI32::new(0);
 
 /// The current ownership generation: a handle whose generation differs was inherited
-/// from a parent process.
+/// from a parent process. One relaxed load.
 pub(crate) fn generation() -> u64 {
     GENERATION.load(Ordering::Relaxed)
 }
 
-/// Installs the fork handlers (once per process and copy of walguard).
+/// Where a module's hooks run among the others. Prepare runs them in ascending order,
+/// parent and child in descending order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Order {
+    /// The watcher thread is stopped before any lock is taken (it may be waiting for one).
+    StopThreads = 0,
+    /// The registry of databases, then each database's state and locks.
+    Registry = 10,
+    /// The watcher's tables.
+    Watcher = 20,
+    /// The descriptor ledger (taken last, released first: the child closes its copies).
+    Descriptors = 30,
+}
+
+/// One module's fork hooks. Each runs in the forking thread (prepare, parent) or the
+/// child's only thread, so they may only take and release locks, close or duplicate
+/// descriptors and store atomics — no allocation in the child.
+#[derive(Clone, Copy)]
+pub(crate) struct Hooks {
+    pub order: Order,
+    pub prepare: fn(),
+    pub parent: fn(),
+    pub child: fn(),
+}
+
+/// Hooks registered so far, sorted by order. Held across the fork by the prepare handler.
+static HOOKS: Mutex<Vec<Hooks>> = Mutex::new(Vec::new());
+
+/// Registers a module's hooks (once per module; call it from a `Once`).
+pub(crate) fn register(h: Hooks) {
+    let mut hooks = HOOKS.lock();
+    hooks.push(h);
+    hooks.sort_by_key(|h| h.order);
+}
+
+/// Installs the `pthread_atfork` handlers (once per process and copy of walguard).
 pub(crate) fn install() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        // SAFETY: getpid cannot fail.
-        OWNER_PID.store(unsafe { libc::getpid() }, Ordering::SeqCst);
-        // SAFETY: the handlers only take/release walguard's own locks, close descriptors
-        // and store atomics.
+        // SAFETY: the handlers only run the registered hooks (locks, descriptors,
+        // atomics) and store an atomic.
         unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
     });
 }
@@ -58,57 +82,41 @@ pub(crate) fn hold<T: ?Sized>(m: &parking_lot::Mutex<T>) {
     std::mem::forget(m.lock());
 }
 
-/// [`hold`] in a child made without the fork handlers: a lock held by a thread that
-/// does not exist here stays locked, as `hold` would leave it.
-pub(crate) fn hold_forced<T: ?Sized>(m: &parking_lot::Mutex<T>) {
-    if let Some(g) = m.try_lock() {
-        std::mem::forget(g);
-    }
-}
-
-/// Unlocks what [`hold`] or [`hold_forced`] kept locked.
+/// Unlocks what [`hold`] kept locked.
 ///
 /// # Safety
-/// `m` is held by `hold`/`hold_forced` of this thread (or, in a child, of the thread that
-/// forked), and no guard of it exists.
+/// `m` is held by `hold` of this thread (or, in a child, of the thread that forked), and
+/// no guard of it exists.
 pub(crate) unsafe fn release<T: ?Sized>(m: &parking_lot::Mutex<T>) {
     // SAFETY: per the contract, the lock is held with its guard forgotten.
     unsafe { m.force_unlock() };
 }
 
-/// At `xOpen`: a process forked without the handlers (raw `clone`) resets here.
-pub(crate) fn check_pid() {
-    // SAFETY: getpid cannot fail.
-    let pid = unsafe { libc::getpid() };
-    let owner = OWNER_PID.load(Ordering::SeqCst);
-    if owner != 0 && owner != pid {
-        // No prepare ran: take the locks as the handlers would (a lock held by a thread of
-        // the parent at the clone is lost with that thread: released by force).
-        crate::registry::fork_prepare_forced();
-        crate::g4_sidecar_watch::fork_prepare_forced();
-        crate::fd::fork_prepare_forced();
-        child();
-    }
-}
-
 extern "C" fn prepare() {
-    crate::g4_sidecar_watch::fork_stop_watcher();
-    crate::registry::fork_prepare();
-    crate::g4_sidecar_watch::fork_prepare();
-    crate::fd::fork_prepare();
+    let hooks = HOOKS.lock();
+    for h in hooks.iter() {
+        (h.prepare)();
+    }
+    std::mem::forget(hooks);
 }
 
 extern "C" fn parent() {
-    crate::fd::fork_parent();
-    crate::g4_sidecar_watch::fork_parent();
-    crate::registry::fork_parent();
+    // SAFETY: prepare left HOOKS locked in this thread; nothing else can change it.
+    let hooks = unsafe { &*HOOKS.data_ptr() };
+    for h in hooks.iter().rev() {
+        (h.parent)();
+    }
+    // SAFETY: held by prepare in this thread.
+    unsafe { release(&HOOKS) };
 }
 
 extern "C" fn child() {
-    crate::fd::close_inherited();
-    crate::g4_sidecar_watch::fork_child();
-    crate::registry::fork_child();
-    // SAFETY: getpid cannot fail.
-    OWNER_PID.store(unsafe { libc::getpid() }, Ordering::SeqCst);
+    // SAFETY: prepare left HOOKS locked before the fork; the child runs one thread.
+    let hooks = unsafe { &*HOOKS.data_ptr() };
+    for h in hooks.iter().rev() {
+        (h.child)();
+    }
     GENERATION.fetch_add(1, Ordering::SeqCst);
+    // SAFETY: held by prepare in the thread that forked; the child runs one thread.
+    unsafe { release(&HOOKS) };
 }

@@ -1,220 +1,314 @@
-//! **G2 — serialised WAL life-cycle.** WAL set-up (a handle's first mapping of the
-//! `-shm`, which may re-initialise it; a switch from rollback to WAL maps it too) and
-//! tear-down (the last-close checkpoint-and-unlink) run under one exclusive
-//! cross-process lock per database: an OFD write lock on byte 1 of `<db>-walguard`.
+//! **G2 — serialised WAL life-cycle**, through one byte of the database file: the
+//! *gate* (`db_locks::GATE`).
 //!
-//! Nobody ever blocks inside SQLite on it. A first mapping that finds it held returns
-//! SQLITE_BUSY, which SQLite's WAL code treats as transient and retries with its own
-//! bounded back-off (then fails with SQLITE_BUSY/SQLITE_PROTOCOL; it never proceeds
-//! unguarded). A closer that finds it held answers "persist" and leaves `-wal`/`-shm` for
-//! the next closer: skipping a clean-up is always safe.
+//! - **Mapping an index holds the gate shared.** Every walguard process that maps the
+//!   current `-shm` holds a shared OFD lock on the gate for as long as it maps it and its
+//!   watcher thread watches the files (`g4_sidecar_watch`); without a watcher, only during
+//!   each write transaction and checkpoint (`shm::ShmNode::lock`). The shared hold is also
+//!   walguard's *presence*: a closer sees it.
+//! - **Setting up a new index takes it exclusively.** A process's first mapping opens the
+//!   `-shm` at the path and asks its dead-man switch whether anyone maps it (as os_unix.c
+//!   does). If someone does, the process joins (gate shared). If nobody does, this is a
+//!   new index — the first one after everybody closed, or a replacement made by `rm`/`mv`
+//!   while processes still map the old one — and the process takes the gate exclusively
+//!   (non-blocking), resets the index and keeps the gate until SQLite has recovered it from
+//!   the `-wal` (`shm.rs`), then downgrades. So an index is never rebuilt while a walguard
+//!   process can still write through an older one: those hold the gate until they notice
+//!   (G4 poisons their mapping and gives the gate back after the write in flight), and a
+//!   newcomer waits for that.
+//! - **Tearing down takes it exclusively.** The last-close checkpoint and unlink (and a
+//!   switch out of WAL mode) start only when this handle is the only one mapping the index
+//!   here, no other process holds the gate, and nobody else holds the dead-man switch
+//!   (processes without walguard included). Until the handle leaves EXCLUSIVE no set-up
+//!   can start anywhere.
 //!
-//! Cost: two `fcntl`s around each handle's first `-shm` mapping and around tear-down.
+//! Nobody ever blocks inside SQLite on the gate. A first mapping that finds it held returns
+//! `SQLITE_BUSY`, which SQLite's WAL code treats as transient and retries for about ten
+//! seconds (then `SQLITE_PROTOCOL`); it never proceeds unguarded. A closer that finds it
+//! held skips the clean-up (always safe). A process that can open the database only
+//! read-only cannot take the gate exclusively: it sets up only when a probe finds nobody
+//! holding the gate, and waits otherwise.
+//!
+//! The previous walguard build took byte `GATE` exclusively for its checkpoints and
+//! recoveries and `OLD_WRITE` for its writes: a set-up here also takes `OLD_WRITE`, so
+//! the two builds exclude each other during a rolling upgrade (the previous build's
+//! checkpoints wait while this build maps an index; this build's checkpoints do not).
+//!
+//! Cost: at a process's first mapping of a database, two `fcntl`s on the gate and the
+//! dead-man switch os_unix.c also takes; at its last unmap, one. None per transaction
+//! while the watcher runs.
 
-use crate::g1_one_wal_index;
-use crate::lock_file::{LockFile, Unusable};
-use crate::registry::{DbNode, DbState};
-use crate::stats::bump;
+use crate::fd::Inode;
+use crate::g1_one_wal_index as g1;
+use crate::g4_sidecar_identity as g4;
+use crate::refusal::{Level, Refusal};
+use crate::registry::DbNode;
+use crate::shm::{Dms, ShmHold, ShmNode};
+use crate::stats::{bump, COUNTERS};
 use libsqlite3_sys as ffi;
-use std::os::raw::c_int;
+use std::os::fd::RawFd;
+use std::sync::Arc;
 
-/// Opens the lock file the first time it is needed. An unusable place (read-only
-/// directory) degrades the guarantees with one warning; a planted symlink is an error.
-pub(crate) fn ensure_lock_file(node: &DbNode, st: &mut DbState) -> Result<(), c_int> {
-    if st.lock_file.is_some() || st.lock_file_unusable {
-        return Ok(());
-    }
-    open_lock_file(node, st)
+/// What a handle's first `xShmMap` brings.
+pub(crate) struct MapRequest {
+    pub handle: u64,
+    /// The connection asked for `readonly_shm=1`.
+    pub readonly_shm: bool,
+    /// The `-wal` this connection opened, and the unix VFS's descriptor of it.
+    pub wal: Option<Inode>,
+    pub wal_fd: Option<RawFd>,
 }
 
-/// Checks that the lock file this process uses is still the one at its path (`strict`:
-/// always with a `stat`; otherwise only when the directory watch saw a change since the
-/// last check), and moves to the one at the path if not. Without this, `rm <db>-walguard`
-/// while processes run would split them: newcomers register presence and take the
-/// life-cycle lock on a new file, old processes on the removed one, and an old process's
-/// last close would find nobody present and delete `-wal`/`-shm` under the newcomers.
-/// The replaced file is kept (with this instance's presence) until the node goes idle,
-/// so processes that have not noticed yet still see this one.
-pub(crate) fn check_lock_file(node: &DbNode, st: &mut DbState, strict: bool) -> Result<(), c_int> {
-    let Some(lf) = st.lock_file.as_ref() else {
-        return ensure_lock_file(node, st);
-    };
-    if st.lifecycle_holder.is_some() {
-        return Ok(()); // mid set-up or tear-down: checked when it began
-    }
-    // The fast path needs a watcher that covers this database's directory.
-    let epoch = crate::g4_sidecar_watch::epoch();
-    let watched = st.watch != 0 && st.watch == crate::g4_sidecar_watch::instance();
-    if !strict && watched && epoch == st.lock_file_epoch {
-        return Ok(());
-    }
-    if lf.still_at_path() {
-        st.lock_file_epoch = epoch;
-        return Ok(());
-    }
-    replace_lock_file(node, st)?;
-    st.lock_file_epoch = epoch;
-    Ok(())
+fn setup_busy(msg: &'static str) -> Refusal {
+    Refusal::busy(&COUNTERS.setup_busy, "busy", msg)
 }
 
-fn replace_lock_file(node: &DbNode, st: &mut DbState) -> Result<(), c_int> {
-    let Some(old) = st.lock_file.take() else {
-        return Ok(());
-    };
-    bump!(lock_file_replaced);
-    tracing::warn!(target: "walguard", path = %old.path,
-        "the walguard lock file was removed or replaced while this process used it; moving to the file now at the path (do not remove <db>-walguard while processes have the database open)");
-    if let Err(rc) = open_lock_file(node, st) {
-        st.lock_file = Some(old);
-        return Err(rc);
-    }
-    if let (Some(shm), Some(new)) = (st.shm.as_ref(), st.lock_file.as_ref()) {
-        let _ = new.hold_presence();
-        shm.record.store(
-            new.record_ptr() as *mut _,
-            std::sync::atomic::Ordering::Release,
-        );
-        let mirror = crate::g1_one_wal_index::mirror_target(node, st);
-        let mut locks = shm.locks.lock();
-        // Mirrors move only between transactions; a WRITE/CKPT held now stays mirrored
-        // where it was until this mapping ends.
-        if locks.slots[..2].iter().all(|&v| v >= 0) {
-            locks.mirror_fd = mirror;
-        }
-    }
-    st.retired_lock_files.push(old);
-    Ok(())
-}
-
-fn open_lock_file(node: &DbNode, st: &mut DbState) -> Result<(), c_int> {
-    match LockFile::open(&node.cpath) {
-        Ok(lf) => {
-            if !lf.writable() {
-                bump!(degraded);
-                tracing::warn!(target: "walguard", path = %lf.path,
-                    "the walguard lock file is read-only here: set-up and tear-down are not serialised (G2)");
-            }
-            st.lock_file = Some(lf);
-            Ok(())
-        }
-        Err(Unusable::Symlink(path)) => {
-            let msg = format!(
-                "walguard: {path} is a symbolic link or not a regular file; walguard never follows links \
-                 for its lock file and touched nothing. Remove it (rm '{path}') and retry."
-            );
-            tracing::error!(target: "walguard", path = %path, "{msg}");
-            crate::api::sqlite_log(ffi::SQLITE_CANTOPEN, &msg);
-            Err(ffi::SQLITE_CANTOPEN)
-        }
-        Err(Unusable::Degraded(path, e)) => {
-            st.lock_file_unusable = true;
-            if !crate::registry::first_warning(&path) {
-                return Ok(());
-            }
-            bump!(degraded);
-            tracing::warn!(target: "walguard", path = %path, error = %e,
-                "cannot create or open the walguard lock file (read-only directory or file?): \
-                 WAL set-up/tear-down are not serialised and only lock mirroring guards this database");
-            crate::api::sqlite_log(
-                ffi::SQLITE_WARNING,
-                &format!("walguard: cannot use lock file {path}: {e}; guarantees G1/G2 are degraded for this database"),
-            );
-            Ok(())
-        }
-    }
-}
-
-/// Tries the life-cycle lock for handle `id`. `Ok(true)`: held now. `Ok(false)`: someone
-/// else (this process or another) holds it. Without a usable lock file: `Ok(true)`,
-/// nothing held (degraded, already logged).
-pub(crate) fn try_acquire(st: &mut DbState, id: u64) -> bool {
-    match st.lifecycle_holder {
-        Some(h) if h == id => return true,
-        Some(_) => return false,
-        None => {}
-    }
-    let Some(lf) = st.lock_file.as_ref() else {
-        return true;
-    };
-    match lf.try_lifecycle() {
-        Ok(true) => {
-            st.lifecycle_holder = Some(id);
-            true
-        }
-        Ok(false) => false,
-        // Read-only lock file: cannot serialise (logged when opened).
-        Err(_) => true,
-    }
-}
-
-/// Releases the life-cycle lock if handle `id` holds it.
-pub(crate) fn release(node: &DbNode, id: u64) {
-    release_locked(&mut node.state.lock(), id);
-}
-
-/// [`release`] with the node's state already locked.
-pub(crate) fn release_locked(st: &mut DbState, id: u64) {
-    if st.lifecycle_holder == Some(id) {
-        st.lifecycle_holder = None;
-        st.teardown_clear = false;
-        if let Some(lf) = st.lock_file.as_ref() {
-            lf.release_lifecycle();
-        }
-    }
-}
-
-/// Before a handle's first `xShmMap`: open the lock file, take the life-cycle lock, and
-/// register presence. Err(SQLITE_BUSY) when another set-up or tear-down is under way.
-pub(crate) fn begin_setup(node: &DbNode, id: u64) -> Result<(), c_int> {
+/// A handle's first mapping: joins this process's current mapping of the database, or
+/// opens the `-shm` and joins or sets up the index (see the module documentation).
+pub(crate) fn attach(node: &Arc<DbNode>, req: &MapRequest) -> Result<Arc<ShmNode>, Refusal> {
+    // The node's state is held through the set-up: this process's other handles of the
+    // database wait for it here rather than start a second one.
     let mut st = node.state.lock();
-    if st.shm.is_some() {
-        // This process maps the `-shm` already: the new handle shares that mapping (the
-        // wrapped VFS never re-initialises an index it maps), and presence is held.
-        return Ok(());
+    if let Some(cur) = st.current.clone() {
+        if !cur.is_poisoned() && g4::joinable(node, &cur, req.wal)? {
+            cur.attach();
+            return Ok(cur);
+        }
+        st.current = None;
     }
-    check_lock_file(node, &mut st, false)?;
-    if !try_acquire(&mut st, id) {
-        bump!(setup_busy);
-        tracing::debug!(target: "walguard", path = %node.path, decision = "busy",
-            "WAL set-up waits: another process is setting up or tearing down this WAL");
-        return Err(ffi::SQLITE_BUSY);
+    st.mappings.retain(|m| m.strong_count() > 0);
+    let Some(db_stat) = st.db_stat else {
+        return Err(Refusal::new(
+            ffi::SQLITE_IOERR_SHMOPEN,
+            &COUNTERS.degraded,
+            "error",
+            Level::Alarm,
+            "no stat of the database is known",
+        ));
+    };
+    let open = |kept| {
+        ShmNode::open(
+            &node.cpath,
+            &db_stat,
+            req.readonly_shm,
+            req.wal,
+            node.locks.clone(),
+            kept,
+        )
+    };
+    let shm = match open(st.kept.take()) {
+        // Out of descriptors: idle databases give theirs back, and one more try.
+        Err(e) if e.code == ffi::SQLITE_CANTOPEN && crate::registry::evict_idle() => open(None),
+        other => other,
     }
-    g1_one_wal_index::hold_presence(node, &st);
+    .map_err(|e| {
+        Refusal::new(
+            e.code,
+            &COUNTERS.degraded,
+            "cantopen",
+            Level::Alarm,
+            e.message,
+        )
+    })?;
+    let shm = Arc::new(shm);
+    if shm.readonly {
+        // A read-only index is only read: no gate (os_unix.c's rules for readonly_shm).
+        match shm.lock_dms() {
+            Ok(_) => {}
+            Err(rc) if rc == ffi::SQLITE_BUSY => {
+                return Err(setup_busy(
+                    "WAL set-up waits: another process is resetting the index",
+                ))
+            }
+            Err(rc) => return Err(lock_error(rc, &shm)),
+        }
+    } else {
+        set_up(node, &shm, req.handle)?;
+    }
+    let watched = g4::watch(node, &shm, req.wal_fd);
+    if !g4::still_at_paths(node, &shm) {
+        // Replaced between the open and the watch: this index is nobody's. SQLite retries
+        // the first mapping and opens what is at the path now.
+        g4::unwatch(&shm);
+        if !shm.readonly {
+            node.locks.gate_leave();
+        }
+        bump!(sidecar_replaced);
+        return Err(setup_busy(
+            "the -shm or -wal was removed or replaced during WAL set-up; mapping again",
+        ));
+    }
+    if !shm.readonly {
+        if watched {
+            shm.hold_gate_for_mapping();
+        } else {
+            node.locks.gate_leave();
+        }
+    }
+    shm.attach();
+    bump!(shm_mapped);
+    st.mappings.push(Arc::downgrade(&shm));
+    st.current = Some(shm.clone());
+    Ok(shm)
+}
+
+/// Joins or sets up the index of the `-shm` just opened, holding one reference on the
+/// gate on success (the caller keeps it for the mapping or gives it back).
+fn set_up(node: &DbNode, shm: &ShmNode, handle: u64) -> Result<(), Refusal> {
+    let locks = &node.locks;
+    if !locks.gate_enter() {
+        return Err(setup_busy(
+            "WAL set-up waits: another process is setting up or tearing down this WAL",
+        ));
+    }
+    let fail = |r: Refusal| {
+        locks.gate_leave();
+        Err(r)
+    };
+    match shm.lock_dms() {
+        Ok(Dms::Live) | Ok(Dms::CantInit) => return Ok(()),
+        Ok(Dms::Fresh) => {}
+        Err(rc) if rc == ffi::SQLITE_BUSY => {
+            return fail(setup_busy(
+                "WAL set-up waits: another process is resetting the index",
+            ))
+        }
+        Err(rc) => return fail(lock_error(rc, shm)),
+    }
+    // Nobody maps this -shm: a new index. Nobody may still map an older one either.
+    let new_index = if locks.writable() {
+        if !locks.gate_try_exclusive(handle, 1) {
+            shm.release_dms();
+            return fail(stale_holders());
+        }
+        if !locks.old_write_try() {
+            locks.gate_end_exclusive(handle);
+            shm.release_dms();
+            return fail(setup_busy(
+                "WAL set-up waits: a process of an earlier walguard build is writing",
+            ));
+        }
+        shm.begin_setup(handle);
+        true
+    } else {
+        // Read-only here: probe, and wait while anyone holds the gate.
+        if locks.gate_held_elsewhere() {
+            shm.release_dms();
+            return fail(stale_holders());
+        }
+        false
+    };
+    if let Err(e) = shm.reset() {
+        if new_index {
+            // Ends the set-up (gate back to shared, old WRITE mirror released).
+            shm.purge(false, false);
+        } else {
+            shm.release_dms();
+        }
+        return fail(Refusal::new(
+            e.code,
+            &COUNTERS.degraded,
+            "error",
+            Level::Alarm,
+            e.message,
+        ));
+    }
     Ok(())
 }
 
-/// At last close (`SQLITE_FCNTL_PERSIST_WAL` query, SQLite holding EXCLUSIVE): whether
-/// the `-wal`/`-shm` may be deleted. On `true` the life-cycle lock stays held until the
-/// handle unlocks or closes, so no set-up can slip in before the unlinks.
-pub(crate) fn begin_teardown(node: &DbNode, id: u64) -> bool {
+fn stale_holders() -> Refusal {
+    setup_busy(
+        "WAL set-up waits: the -shm at the path is new, and a process still holds the index \
+         it replaced (it gives it up as soon as it notices the replacement)",
+    )
+}
+
+fn lock_error(rc: i32, shm: &ShmNode) -> Refusal {
+    Refusal::new(
+        rc,
+        &COUNTERS.degraded,
+        "error",
+        Level::Alarm,
+        format!("cannot lock the WAL index {}", shm.cpath.to_string_lossy()),
+    )
+}
+
+/// A handle stops mapping `shm` (`xShmUnmap`): its WAL locks are released; the last
+/// handle purges the mapping, deleting the `-shm` when SQLite asked to and this handle's
+/// tear-down was allowed (never from a stale index).
+pub(crate) fn detach(
+    node: &DbNode,
+    handle: u64,
+    shm: &Arc<ShmNode>,
+    hold: &mut ShmHold,
+    delete: bool,
+) {
+    shm.release_all(hold);
+    if shm.detach() > 0 {
+        return;
+    }
+    let mut st = node.state.lock();
+    let delete = delete && !shm.is_poisoned() && st.teardown == Some(handle);
+    if st.current.as_ref().is_some_and(|c| Arc::ptr_eq(c, shm)) {
+        st.current = None;
+    }
+    drop(st);
+    // The descriptor is kept for the next mapping where the watcher will tell if the file
+    // goes (registry: closing it could cancel another runtime's POSIX locks).
+    let keep = shm.watched() && !shm.is_poisoned();
+    if !keep {
+        g4::unwatch(shm);
+    }
+    if let Some(kept) = shm.purge(delete, keep) {
+        crate::registry::keep_shm(node, kept);
+    } else if keep {
+        g4::unwatch(shm);
+    }
+}
+
+/// A handle is about to ask the wrapped VFS for EXCLUSIVE. With the WAL index mapped
+/// (`shm`) this is a tear-down (last close, leaving WAL mode, `locking_mode=EXCLUSIVE`):
+/// it starts only if this handle alone uses the index (see the module documentation), and
+/// holds the gate exclusively until the handle leaves EXCLUSIVE. The sole SHARED holder's
+/// mirror is dropped for the attempt (an OFD lock conflicts with this process's own POSIX
+/// write lock). Returns whether the mirror was dropped.
+pub(crate) fn before_exclusive(
+    node: &DbNode,
+    handle: u64,
+    shm: Option<&Arc<ShmNode>>,
+) -> Result<bool, Refusal> {
+    if let Some(shm) = shm {
+        if shm.is_poisoned() {
+            return Err(g1::exclusive_refusal());
+        }
+        let own_refs = usize::from(shm.watched());
+        if !node.locks.gate_try_exclusive(handle, own_refs) {
+            return Err(Refusal::busy(
+                &COUNTERS.teardown_busy,
+                "busy",
+                "tear-down waits: another process maps or is setting up this WAL",
+            ));
+        }
+        if g1::others_use(node, shm) {
+            node.locks.gate_end_exclusive(handle);
+            return Err(g1::exclusive_refusal());
+        }
+        node.state.lock().teardown = Some(handle);
+    }
+    Ok(node.locks.drop_mirror_for_exclusive())
+}
+
+/// The handle left EXCLUSIVE (or never got it): the tear-down window ends, and the mirror
+/// comes back if the handle keeps SHARED.
+pub(crate) fn after_exclusive(node: &DbNode, handle: u64, keeps_shared: bool) {
     {
         let mut st = node.state.lock();
-        if st.lifecycle_holder == Some(id) && st.teardown_clear {
-            // Decided at this handle's EXCLUSIVE request, under the life-cycle lock.
-            bump!(unlink_allowed);
-            return true;
-        }
-        if check_lock_file(node, &mut st, true).is_err() {
-            return false;
-        }
-        if !try_acquire(&mut st, id) {
-            drop(st);
-            bump!(teardown_busy);
-            tracing::info!(target: "walguard", path = %node.path, decision = "persist",
-                "last-close clean-up skipped: another process is setting up or tearing down this WAL");
-            return false;
+        if st.teardown == Some(handle) {
+            st.teardown = None;
         }
     }
-    if g1_one_wal_index::others_hold_wal_index(node, true) {
-        release(node, id);
-        bump!(unlink_refused);
-        tracing::info!(target: "walguard", path = %node.path, decision = "persist",
-            "last-close unlink of -wal/-shm refused: another holder still uses the WAL index");
-        return false;
+    node.locks.gate_end_exclusive(handle);
+    if keeps_shared {
+        g1::restore_mirror(node);
     }
-    node.state.lock().teardown_clear = true;
-    bump!(unlink_allowed);
-    tracing::debug!(target: "walguard", path = %node.path, decision = "delete",
-        "last holder anywhere: normal clean-up of -wal/-shm");
-    true
 }

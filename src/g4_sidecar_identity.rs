@@ -1,4 +1,4 @@
-//! G4: a split is detected, not written into.
+//! **G4 — a split is detected, not written into.**
 //!
 //! A connection keeps using the `-wal` and `-shm` it opened and mapped. If anything
 //! unlinks or replaces them underneath it (a process without walguard that thought it
@@ -7,19 +7,30 @@
 //! WAL index from the path: two groups of writers, one database, lost commits and
 //! `database disk image is malformed`.
 //!
-//! The io layer remembers each sidecar's identity (`st_dev`, `st_ino`) when it opens it,
-//! and at the start of each transaction (reads too, unless the application set a read
-//! re-check interval) calls [`check_sidecar`], which compares it with one `stat(path)`. Identity is the only test: `st_nlink` and `/proc/.../fd` showing
-//! "(deleted)" are not used (they give false alarms on some file systems and need more
-//! system calls).
+//! walguard identifies each sidecar by `(st_dev, st_ino)`: the `-shm` by the descriptor it
+//! maps, the `-wal` by the descriptor the unix VFS opened for the connection that set the
+//! mapping up. Identity is the only test (`st_nlink` and "(deleted)" give false alarms on
+//! some file systems). A mapping whose sidecar no longer is the file at its path is
+//! *poisoned* (`shm.rs`): every later transaction on it fails with `SQLITE_IOERR_VNODE`
+//! (an `SQLITE_IOERR` code SQLite's core never produces itself) before it reads or
+//! writes anything, the event tells the operator to reopen the connection, and the
+//! mapping gives up the gate (`g2_wal_lifecycle`) so the replacement index can be set up.
 //!
-//! A mismatch returns `SQLITE_IOERR_VNODE`, an `SQLITE_IOERR` code that SQLite's core
-//! never produces itself (it is reserved for VFS extensions), so an application can tell
-//! this failure apart; the transaction fails before it writes anything, and the event
-//! tells the operator to reopen the connection (a new connection opens the sidecars now
-//! at the path). A `stat` that fails for another reason than "no such file" returns
-//! `SQLITE_IOERR_FSTAT`: the identity cannot be confirmed, so the guard fails closed
-//! with a retryable error rather than risk writing into a split.
+//! When is it noticed ([`transaction_start`], the one question `xShmLock` asks)?
+//! - **Watched mappings** (the usual case): the watcher thread (`g4_sidecar_watch`)
+//!   checks and poisons as soon as the kernel reports a change to either file. A read
+//!   transaction costs an atomic load. A write transaction or checkpoint also reads the
+//!   kernel's queue itself before it takes the WRITE/CKPT lock (one non-blocking `read`):
+//!   nothing is written through a sidecar removed before the write began. Reads in the
+//!   moment between an `rm` and the watcher waking still see the old index — which no
+//!   walguard process can have replaced yet, since the mapping holds the gate.
+//! - **Unwatched mappings** (`WALGUARD_WATCHER=0`, NFS/FUSE, watch limit, right after a
+//!   fork until the watcher runs again): one `stat` per sidecar at every transaction
+//!   (reads: at most every `Options::read_recheck`), a write only after it took the gate.
+//!
+//! A `stat` that fails for another reason than "no such file" returns
+//! `SQLITE_IOERR_FSTAT`: the identity cannot be confirmed, so the transaction fails with a
+//! retryable error rather than risk writing into a split.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
@@ -29,9 +40,17 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use libsqlite3_sys::{SQLITE_IOERR_FSTAT, SQLITE_IOERR_VNODE, SQLITE_OK};
+use libsqlite3_sys::{self as ffi, SQLITE_IOERR_FSTAT, SQLITE_IOERR_VNODE, SQLITE_OK};
+use parking_lot::Mutex;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Weak};
 
-use crate::stats::bump;
+use crate::fd::Inode;
+use crate::g4_sidecar_watch::{self as watch, Registration, Watched};
+use crate::refusal::{Level, Refusal};
+use crate::registry::{self, DbNode};
+use crate::shm::{ShmHold, ShmNode};
+use crate::stats::{bump, COUNTERS};
 
 /// How often a connection's *read* transactions re-check the sidecars, in nanoseconds;
 /// 0 (the default) means every read transaction, as the guarantee is stated. Write
@@ -98,38 +117,6 @@ pub(crate) fn file_id_of_path(path: &CStr) -> io::Result<Option<FileId>> {
     }
 }
 
-/// Just before the wrapped VFS opens the `-wal` at `path`: the identity of the file the
-/// path names, creating it first (as the unix VFS would: the database's permissions and
-/// owner) when it is missing and SQLite asked for creation. With [`confirm_opened`]
-/// afterwards this proves which file the wrapped VFS opened, without its descriptor.
-/// SQLite never locks a `-wal`, so the descriptor used here is closed at once.
-pub(crate) fn identify_before_open(path: &CStr, create: bool) -> Option<FileId> {
-    if let Ok(Some(id)) = file_id_of_path(path) {
-        return Some(id);
-    }
-    if !create {
-        return None;
-    }
-    let db = CString::new(path.to_bytes().strip_suffix(b"-wal")?).ok()?;
-    let like = crate::fd::stat(&db).ok();
-    let fd = crate::fd::open_or_create_like(path, like.as_ref()).ok()?;
-    let id = crate::fd::fstat(fd).ok().map(|st| {
-        let (dev, ino) = crate::registry::inode_of(&st);
-        FileId { dev, ino }
-    });
-    crate::fd::close(fd);
-    id
-}
-
-/// Right after the wrapped VFS opened the `-wal` at `path`: `before` (from
-/// [`identify_before_open`]) when the path still names that file — then it is the file
-/// the wrapped VFS opened. `None`: the `-wal` was removed or replaced while it was being
-/// opened; the caller opens again.
-pub(crate) fn confirm_opened(path: &CStr, before: Option<FileId>) -> Option<FileId> {
-    let before = before?;
-    matches!(file_id_of_path(path), Ok(Some(now)) if now == before).then_some(before)
-}
-
 fn is_gone(e: &io::Error) -> bool {
     // ENOTDIR: a directory on the path was replaced by something else.
     matches!(
@@ -190,6 +177,368 @@ pub(crate) fn check_sidecar(db_path: &str, sidecar_path: &CStr, expected: FileId
             SQLITE_IOERR_FSTAT
         }
     }
+}
+
+// ---- the connection's -wal ------------------------------------------------------------
+
+/// The `-wal` a connection opened, waiting for the first `xShmMap` of that connection's
+/// database handle. SQLite opens a connection's `-wal` (`sqlite3WalOpen`) and maps its
+/// WAL index in the same call on the same thread, before any other connection of the
+/// thread can open another `-wal`; so the identity belongs to one connection, and to one
+/// WAL session of it (a switch out of WAL mode and back opens the `-wal` again).
+struct OpenedWal {
+    path: CString,
+    id: Inode,
+    fd: Option<RawFd>,
+}
+
+thread_local! {
+    static OPENED_WAL: std::cell::RefCell<Option<OpenedWal>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The wrapped VFS just opened the `-wal` at `path`: `id` is the file it opened (from its
+/// descriptor `fd` when known, else from the path).
+pub(crate) fn wal_opened(path: &CStr, id: Inode, fd: Option<RawFd>) {
+    let _ = OPENED_WAL.try_with(|w| {
+        *w.borrow_mut() = Some(OpenedWal {
+            path: path.to_owned(),
+            id,
+            fd,
+        })
+    });
+}
+
+/// The `-wal` this thread opened last, if it is `wal_path` (taken: used once).
+pub(crate) fn take_opened_wal(wal_path: &CStr) -> Option<(Inode, Option<RawFd>)> {
+    OPENED_WAL
+        .try_with(|w| {
+            let mut w = w.borrow_mut();
+            if w.as_ref().is_some_and(|o| o.path.as_c_str() == wal_path) {
+                w.take().map(|o| (o.id, o.fd))
+            } else {
+                None
+            }
+        })
+        .ok()
+        .flatten()
+}
+
+fn wal_path(node: &DbNode) -> Option<CString> {
+    CString::new([node.cpath.to_bytes(), b"-wal"].concat()).ok()
+}
+
+fn to_id((dev, ino): Inode) -> FileId {
+    FileId { dev, ino }
+}
+
+// ---- is this mapping still the index at the path? ---------------------------------------
+
+/// Checks both sidecars of `shm` against their paths (one `stat` each). A replaced one
+/// poisons the mapping (reported once, as an alarm).
+pub(crate) fn check_mapping(node: &DbNode, shm: &ShmNode) -> Result<(), Refusal> {
+    let mut rc = check_sidecar(&node.path, &shm.cpath, to_id(shm.inode));
+    if rc == SQLITE_OK {
+        if let (Some(wal), Some(path)) = (shm.wal, wal_path(node)) {
+            rc = check_sidecar(&node.path, &path, to_id(wal));
+        }
+    }
+    match rc {
+        SQLITE_OK => Ok(()),
+        SQLITE_IOERR_VNODE => {
+            poison(node, shm);
+            Err(stale())
+        }
+        code => Err(Refusal::new(
+            code,
+            &COUNTERS.stale_transactions,
+            "SQLITE_IOERR_FSTAT",
+            Level::Routine,
+            "cannot confirm that the WAL sidecars are still this connection's files",
+        )),
+    }
+}
+
+/// The mapping is stale: poisoned (it gives up the gate), and new handles of this
+/// process no longer join it. Takes the node's state: never called with it held.
+fn poison(node: &DbNode, shm: &ShmNode) {
+    if mark_poisoned(shm) {
+        registry::forget_current(node, shm);
+    }
+}
+
+/// Poisons `shm`; whether it was not poisoned before.
+fn mark_poisoned(shm: &ShmNode) -> bool {
+    let first = !shm.poison();
+    if first {
+        bump!(mappings_poisoned);
+    }
+    first
+}
+
+/// What a transaction on a poisoned mapping gets (the alarm was raised when it was found).
+fn stale() -> Refusal {
+    Refusal::new(
+        SQLITE_IOERR_VNODE,
+        &COUNTERS.stale_transactions,
+        "SQLITE_IOERR_VNODE",
+        Level::Routine,
+        "this connection's -wal or -shm was removed or replaced since it opened them; \
+         writing on would split the WAL index. Close and reopen the connection",
+    )
+}
+
+/// At a handle's first mapping, before it joins this process's current mapping `cur`
+/// (the node's state held): whether the `-wal` the handle opened is the one `cur`
+/// describes. When they differ, the path decides: `cur` is stale (poisoned; the caller
+/// forgets it and sets up anew) or the handle is (refused).
+pub(crate) fn joinable(
+    node: &DbNode,
+    cur: &ShmNode,
+    handle_wal: Option<Inode>,
+) -> Result<bool, Refusal> {
+    let (Some(mine), Some(theirs)) = (handle_wal, cur.wal) else {
+        return Ok(true);
+    };
+    if mine == theirs {
+        return Ok(true);
+    }
+    let now = wal_path(node).and_then(|p| file_id_of_path(&p).ok().flatten());
+    if now == Some(to_id(mine)) {
+        bump!(sidecar_replaced);
+        tracing::error!(target: "walguard", path = %node.path, decision = "poison",
+            "the -wal of this process's WAL index was replaced; connections still using it \
+             fail their next transaction (close and reopen them)");
+        mark_poisoned(cur);
+        Ok(false)
+    } else {
+        bump!(sidecar_replaced);
+        Err(Refusal::new(
+            SQLITE_IOERR_VNODE,
+            &COUNTERS.stale_transactions,
+            "SQLITE_IOERR_VNODE",
+            Level::Alarm,
+            "the -wal was removed or replaced while this connection opened it. Close and \
+             reopen the connection",
+        ))
+    }
+}
+
+// ---- watching ---------------------------------------------------------------------------
+
+/// What the watcher reports to: one mapping of one database, and after it ended, the
+/// `-shm` descriptor the registry keeps from it.
+struct MappingWatch {
+    db: Weak<DbNode>,
+    shm: Weak<ShmNode>,
+    shm_inode: Inode,
+    reg: Mutex<Option<(Registration, Weak<dyn Watched>)>>,
+}
+
+impl Watched for MappingWatch {
+    fn changed(&self) {
+        let Some(db) = self.db.upgrade() else { return };
+        match self.shm.upgrade() {
+            Some(shm) if !shm.purged() => {
+                if !shm.is_poisoned() {
+                    let _ = check_mapping(&db, &shm);
+                }
+            }
+            _ => registry::drop_kept_if_gone(&db, self.shm_inode),
+        }
+    }
+
+    fn unwatched(&self) {
+        if let Some(shm) = self.shm.upgrade() {
+            shm.unhold_gate();
+        }
+    }
+}
+
+/// Every watched mapping (the watcher holds them weakly).
+static WATCHED: Mutex<Vec<Arc<MappingWatch>>> = Mutex::new(Vec::new());
+
+/// Whether the sidecars of the new mapping `shm` are still the files at their paths
+/// (checked after [`watch`], so that a replacement made before the watch began is not
+/// missed: any later one is an event). No side effect: the caller, which holds the
+/// node's state, gives the mapping up.
+pub(crate) fn still_at_paths(node: &DbNode, shm: &ShmNode) -> bool {
+    let at = |path: Option<CString>, id: Inode| {
+        path.is_some_and(|p| matches!(file_id_of_path(&p), Ok(Some(now)) if now == to_id(id)))
+    };
+    at(Some(shm.cpath.clone()), shm.inode) && shm.wal.is_none_or(|w| at(wal_path(node), w))
+}
+
+/// Watches the sidecars of the new mapping `shm` (the `-wal` through `wal_fd` when
+/// known). Whether it is watched.
+pub(crate) fn watch(node: &Arc<DbNode>, shm: &Arc<ShmNode>, wal_fd: Option<RawFd>) -> bool {
+    register_fork_hooks();
+    prune(node);
+    let mw = Arc::new(MappingWatch {
+        db: Arc::downgrade(node),
+        shm: Arc::downgrade(shm),
+        shm_inode: shm.inode,
+        reg: Mutex::new(None),
+    });
+    let owner: Weak<dyn Watched> = Arc::downgrade(&(mw.clone() as Arc<dyn Watched>));
+    let wal = wal_path(node);
+    let mut files = vec![watch::File::Fd(shm.fd)];
+    match (shm.wal, wal_fd, wal.as_deref()) {
+        (Some(_), Some(fd), _) => files.push(watch::File::Fd(fd)),
+        (Some(_), None, Some(p)) => files.push(watch::File::Path(p)),
+        _ => {}
+    }
+    let Some(reg) = watch::watch(shm.fd, &files, owner.clone()) else {
+        return false;
+    };
+    shm.set_watch_instance(reg.instance());
+    *mw.reg.lock() = Some((reg, owner));
+    WATCHED.lock().push(mw);
+    true
+}
+
+/// Watches of mappings that ended (their kept descriptor is replaced by the new mapping's)
+/// or of databases that went: given back.
+fn prune(node: &DbNode) {
+    let gone: Vec<Arc<MappingWatch>> = {
+        let mut watched = WATCHED.lock();
+        let (gone, live) = std::mem::take(&mut *watched).into_iter().partition(|m| {
+            m.db.strong_count() == 0
+                || (std::ptr::eq(m.db.as_ptr(), node) && m.shm.strong_count() == 0)
+        });
+        *watched = live;
+        gone
+    };
+    for mw in gone {
+        let taken = mw.reg.lock().take();
+        if let Some((reg, owner)) = taken {
+            watch::unwatch(&reg, &owner);
+        }
+    }
+}
+
+/// The mapping `shm` ends: its watch goes.
+pub(crate) fn unwatch(shm: &ShmNode) {
+    let mw = {
+        let mut watched = WATCHED.lock();
+        let Some(i) = watched
+            .iter()
+            .position(|m| std::ptr::eq(m.shm.as_ptr(), shm))
+        else {
+            return;
+        };
+        watched.swap_remove(i)
+    };
+    let taken = mw.reg.lock().take();
+    if let Some((reg, owner)) = taken {
+        watch::unwatch(&reg, &owner);
+    }
+}
+
+fn register_fork_hooks() {
+    use crate::fork_safety::{hold, register, release, Hooks, Order};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        register(Hooks {
+            order: Order::Watcher,
+            prepare: || hold(&WATCHED),
+            // SAFETY: prepare held WATCHED in this thread.
+            parent: || unsafe { release(&WATCHED) },
+            // The parent's mappings are forgotten, never dropped (dropping one would
+            // close descriptor numbers the child may reuse).
+            // SAFETY: prepare locked WATCHED before the fork; the child runs one thread.
+            child: || unsafe {
+                std::mem::forget(std::mem::take(&mut *WATCHED.data_ptr()));
+                release(&WATCHED);
+            },
+        })
+    });
+}
+
+// ---- the transaction-start question ------------------------------------------------------
+
+/// `xShmLock` on a mapping walguard serves: may this transaction start? Then the lock.
+/// A read transaction starts with a shared READ-slot lock, a write transaction with the
+/// exclusive WRITE lock, a checkpoint with the exclusive CKPT lock. Undoes nothing itself:
+/// a refused transaction never took its lock.
+pub(crate) fn transaction_start(
+    node: &DbNode,
+    shm: &ShmNode,
+    hold: &mut ShmHold,
+    checked: &mut Checked,
+    ofst: c_int,
+    n: c_int,
+    flags: c_int,
+) -> c_int {
+    if flags & ffi::SQLITE_SHM_LOCK == 0 {
+        return shm.lock(hold, ofst, n, flags, false);
+    }
+    let exclusive = flags & ffi::SQLITE_SHM_EXCLUSIVE != 0;
+    let write = exclusive && (ofst == 0 || ofst == 1);
+    let read = !exclusive && ofst >= 3;
+    if shm.is_poisoned() {
+        return stale().report(&node.path);
+    }
+    let mut gate_taken = false;
+    if write || read {
+        match before_transaction(node, shm, write, checked) {
+            Ok(taken) => gate_taken = taken,
+            Err(r) => return r.report(&node.path),
+        }
+    }
+    let rc = shm.lock(hold, ofst, n, flags, gate_taken);
+    if rc == SQLITE_IOERR_VNODE {
+        return stale().report(&node.path);
+    }
+    rc
+}
+
+/// The checks before a read or write transaction (see the module documentation).
+/// `Ok(true)`: a reference on the gate was taken for this write (the lock keeps it).
+fn before_transaction(
+    node: &DbNode,
+    shm: &ShmNode,
+    write: bool,
+    checked: &mut Checked,
+) -> Result<bool, Refusal> {
+    let instance = shm.watch_instance();
+    if !shm.watched() && instance != 0 && watch::resume(instance) && shm.rehold_gate() {
+        // Watched again (the watcher stopped for a fork): what happened meanwhile is in
+        // the queue; check once now rather than wait for the thread.
+        watch::drain(instance);
+        check_mapping(node, shm)?;
+    }
+    if shm.watched() {
+        if write && watch::drain(instance) {
+            check_mapping(node, shm)?;
+        }
+        return if shm.is_poisoned() {
+            Err(stale())
+        } else {
+            Ok(false)
+        };
+    }
+    if !write {
+        if checked.due(false) {
+            check_mapping(node, shm)?;
+            checked.confirmed();
+        }
+        return Ok(false);
+    }
+    // Unwatched write: the gate first, then the check — no index can be set up anew
+    // between the two.
+    if !node.locks.gate_enter() {
+        return Err(Refusal::busy(
+            &COUNTERS.setup_busy,
+            "busy",
+            "write waits: another process is setting up or tearing down this WAL",
+        ));
+    }
+    if let Err(r) = check_mapping(node, shm) {
+        node.locks.gate_leave();
+        return Err(r);
+    }
+    checked.confirmed();
+    Ok(true)
 }
 
 #[cfg(test)]

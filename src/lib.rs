@@ -7,10 +7,16 @@
 //! | guarantee | module |
 //! |---|---|
 //! | G1 one WAL index (lock mirroring, unlink refusal) | [`g1_one_wal_index`](crate::g1_one_wal_index) |
-//! | G2 serialised WAL set-up and tear-down | `g2_wal_lifecycle` |
+//! | G2 serialised WAL set-up and tear-down (the gate) | `g2_wal_lifecycle` |
 //! | G3 no false "not a database" | `g3_short_header_reads` |
 //! | G4 a replaced sidecar is detected | `g4_sidecar_identity` |
 //! | G5 torn extends caught at commit | `g5_torn_extend` |
+//!
+//! Beneath the guards: `shm` (the `-shm`, served by walguard with OFD locks),
+//! `db_locks` (walguard's locks on the database file and the descriptor that carries
+//! them), `registry` (one node per database), `fd` (descriptors and the ledger),
+//! `unix_fd` (the unix VFS's own descriptors), `g4_sidecar_watch` (the watcher thread),
+//! `fork_safety`, `refusal` (how a guard says no). `io` and `vfs` are the trampolines.
 //!
 //! ```no_run
 //! walguard::register(walguard::Options::default()).expect("register walguard");
@@ -23,6 +29,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod api;
+mod db_locks;
 mod ext;
 mod fd;
 mod file_ops;
@@ -35,10 +42,12 @@ mod g4_sidecar_watch;
 mod g5_torn_extend;
 mod header;
 mod io;
-mod lock_file;
+mod refusal;
 mod registry;
+mod shm;
 mod sqlfn;
 mod stats;
+mod unix_fd;
 mod vfs;
 
 use std::fmt;
@@ -60,16 +69,18 @@ pub struct Options {
     /// Make the SQL function `walguard_stats()` available on every new connection
     /// (through `sqlite3_auto_extension`). Default `true`.
     pub sql_functions: bool,
-    /// G4: how often read transactions re-check that `-wal`/`-shm` are still the files
+    /// G4, where no watcher thread watches a mapping (`watcher(false)`, NFS/FUSE): how
+    /// often read transactions re-check with `stat` that `-wal`/`-shm` are still the files
     /// the connection uses. Zero (the default) checks every read transaction. Write
     /// transactions are always checked. A non-zero interval saves one `stat` per sidecar
     /// per read transaction at the price of reads that may be that much stale after an
     /// outside actor replaced a sidecar. Process-wide; the last registration sets it.
     pub read_recheck: std::time::Duration,
     /// G4's fast path: a per-process thread (`walguard-watch`) that blocks on inotify and
-    /// tells transactions, through an atomic, whether a sidecar changed. Default `true`.
+    /// cuts a mapping off the moment one of its sidecars is replaced. Default `true`.
     /// `false` (or `WALGUARD_WATCHER=0` in the environment) starts no thread: every
-    /// transaction then checks its sidecars with a `stat` each.
+    /// transaction then checks its sidecars with a `stat` each, and a write transaction
+    /// takes the gate for its duration (two `fcntl`s).
     pub watcher: bool,
 }
 
@@ -202,15 +213,5 @@ pub mod testing {
 
     pub(crate) fn take_panic_request() -> bool {
         PANIC_ON_NEXT_OPEN.swap(false, Ordering::SeqCst)
-    }
-
-    #[cfg(test)]
-    pub(crate) static FAIL_NEXT_SHM_OPEN: AtomicBool = AtomicBool::new(false);
-
-    /// Unit tests: the next `-shm` preparation behaves as if the `-shm` could not be
-    /// opened (the handle's WAL locks stay with the wrapped VFS, unguarded).
-    #[cfg(test)]
-    pub(crate) fn take_shm_open_failure() -> bool {
-        FAIL_NEXT_SHM_OPEN.swap(false, Ordering::SeqCst)
     }
 }

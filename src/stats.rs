@@ -66,16 +66,18 @@ counters! {
     unlink_refused,
     /// G1: last-close clean-ups allowed because no other holder exists anywhere.
     unlink_allowed,
-    /// G1: mirror descriptors whose close was deferred because the process still held
-    /// POSIX locks on the file.
-    mirror_close_deferred,
-    /// G1/G2: databases on which the sidecar lock file could not be used (read-only
-    /// directory or file); the guarantee is degraded there and a warning was logged.
+    /// Descriptors whose close was deferred because the process still held POSIX locks
+    /// on the file (another SQLite runtime's).
+    close_deferred,
+    /// A guarantee degraded or an error walguard could not hide (a `-shm` it could not
+    /// open or reset, a database without a descriptor to lock through); a warning or error
+    /// was logged.
     degraded,
-    /// G2: first mappings of the `-shm` answered SQLITE_BUSY because another process
-    /// was setting up or tearing down the WAL.
+    /// G2: first mappings of the `-shm` (or, without a watcher, write transactions)
+    /// answered SQLITE_BUSY because another process was setting up or tearing down the
+    /// WAL, or still held an index that was replaced.
     setup_busy,
-    /// G2: tear-downs skipped (persist answered) because the life-cycle lock was held.
+    /// G2: tear-downs skipped (EXCLUSIVE refused) because another process held the gate.
     teardown_busy,
     /// G3: short header reads retried.
     header_retries,
@@ -86,6 +88,11 @@ counters! {
     size_retries,
     /// G4: sidecars found unlinked or replaced under an open connection.
     sidecar_replaced,
+    /// G4: mappings of a WAL index cut off because one of its sidecars was replaced.
+    mappings_poisoned,
+    /// G4: transactions refused on a mapping that was cut off (or by a connection
+    /// inherited through fork).
+    stale_transactions,
     /// G5: torn extends detected after a sync.
     torn_extends,
     /// Hosts whose SQLite has the WAL-reset bug (3.7.0 – 3.51.2 without backport).
@@ -93,12 +100,9 @@ counters! {
     /// G1: EXCLUSIVE refused (SQLITE_BUSY) to a handle with the WAL index mapped while
     /// another holder still used it (the close skipped its checkpoint and clean-up).
     exclusive_refused,
-    /// G2: the walguard lock file was found removed or replaced at its path and this
-    /// process moved to the one now there.
-    lock_file_replaced,
-    /// Idle databases whose descriptors were given back (database unlinked, path
-    /// reused, or too many idle databases).
-    nodes_evicted,
+    /// Databases whose locks walguard had to take through a descriptor of its own (the
+    /// wrapped VFS's descriptor could not be read).
+    own_descriptors,
 }
 
 pub(crate) static COUNTERS: Counters = Counters::new();

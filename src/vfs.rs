@@ -1,11 +1,11 @@
 //! The `sqlite3_vfs` trampolines and registration. walguard's VFS wraps the VFS that
 //! is the default when it registers (the `unix` VFS on Linux) and forwards every method
-//! to it, passing the wrapped `sqlite3_vfs*`. Only `xOpen` (to wrap the file) and
-//! `xDelete` (G1: no unlink of a WAL sidecar another holder uses) add anything.
+//! to it, passing the wrapped `sqlite3_vfs*`. Only `xOpen` (to wrap the file, `io.rs`)
+//! and `xDelete` (G1: no unlink of a WAL sidecar another holder uses) add anything.
 
 use crate::io::{self, guard, HEADER_SIZE};
 use crate::stats::bump;
-use crate::{api, g1_one_wal_index as g1, g4_sidecar_identity as g4, sqlfn, Error, Options};
+use crate::{api, g1_one_wal_index as g1, sqlfn, Error, Options};
 use libsqlite3_sys as ffi;
 use parking_lot::Mutex;
 use std::ffi::{CStr, CString};
@@ -222,10 +222,6 @@ macro_rules! wfwd {
     }};
 }
 
-/// How many times a `-wal` that keeps being replaced while it opens is opened before the
-/// open fails (SQLITE_CANTOPEN): each replacement is an outside `rm`/`mv` racing SQLite.
-const WAL_OPEN_ATTEMPTS: usize = 3;
-
 /// Closes a wrapped file if the wrapped VFS left it open (methods set), once.
 ///
 /// # Safety
@@ -258,17 +254,23 @@ unsafe extern "C" fn x_open(
         let inner = unsafe { (file as *mut u8).add(HEADER_SIZE) as *mut ffi::sqlite3_file };
         // SAFETY: inner's pMethods must start NULL for the wrapped VFS too.
         unsafe { (*inner).pMethods = std::ptr::null() };
-        crate::fork_safety::check_pid();
-        let mut wal_id = None;
-        let mut rc = ffi::SQLITE_CANTOPEN;
-        // Before the identity is proven: an event after this is seen by the first check.
-        let wal_epoch = crate::g4_sidecar_watch::epoch();
-        let wal_path = (flags & ffi::SQLITE_OPEN_WAL != 0 && !name.is_null())
-            // SAFETY: SQLite file names are NUL-terminated.
-            .then(|| unsafe { CStr::from_ptr(name) });
-        for attempt in 1..=WAL_OPEN_ATTEMPTS {
-            let before =
-                wal_path.map(|p| g4::identify_before_open(p, flags & ffi::SQLITE_OPEN_CREATE != 0));
+        let mut reported = flags;
+        let mut rc = wfwd!(
+            vfs,
+            xOpen,
+            ffi::SQLITE_CANTOPEN,
+            name,
+            inner,
+            flags,
+            &mut reported
+        );
+        if rc != ffi::SQLITE_OK
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EMFILE)
+            && crate::registry::evict_idle()
+        {
+            // Out of descriptors while idle databases keep theirs: given back, once more.
+            // SAFETY: as above.
+            unsafe { close_wrapped(inner) };
             rc = wfwd!(
                 vfs,
                 xOpen,
@@ -276,62 +278,25 @@ unsafe extern "C" fn x_open(
                 name,
                 inner,
                 flags,
-                out_flags
+                &mut reported
             );
-            let (Some(path), ffi::SQLITE_OK) = (wal_path, rc) else {
-                break;
-            };
-            // G4 identifies the `-wal` by what its path names; prove that is the file the
-            // wrapped VFS just opened, or open again (an `rm`/`mv` landed in between).
-            wal_id = g4::confirm_opened(path, before.flatten());
-            if wal_id.is_some() {
-                break;
-            }
-            bump!(sidecar_replaced);
-            let shown = path.to_string_lossy();
-            tracing::info!(target: "walguard", path = %shown, decision = "reopen",
-                "the -wal was removed or replaced while it was being opened; opening again");
-            // SAFETY: the wrapped open succeeded, so its methods are set.
-            unsafe { close_wrapped(inner) };
-            rc = ffi::SQLITE_CANTOPEN;
-            if attempt == WAL_OPEN_ATTEMPTS {
-                let msg = format!(
-                    "walguard: {shown} was removed or replaced each of the {WAL_OPEN_ATTEMPTS} \
-                     times SQLite opened it (something outside SQLite keeps replacing it); \
-                     the open fails rather than let G4 watch the wrong file. Stop whatever \
-                     rewrites {shown} and retry."
-                );
-                tracing::error!(target: "walguard", path = %shown, "{msg}");
-                api::sqlite_log(ffi::SQLITE_CANTOPEN, &msg);
-            }
+        }
+        if !out_flags.is_null() {
+            // SAFETY: SQLite's out-pointer, writable when not NULL.
+            unsafe { *out_flags = reported };
         }
         if rc != ffi::SQLITE_OK {
             // SAFETY: if the wrapped open left methods set, it expects xClose.
             unsafe { close_wrapped(inner) };
             bump!(open_errors);
-            let path = if name.is_null() {
-                String::from("(temporary file)")
-            } else {
-                // SAFETY: SQLite file names are NUL-terminated.
-                unsafe { CStr::from_ptr(name) }
-                    .to_string_lossy()
-                    .into_owned()
-            };
-            tracing::debug!(target: "walguard", path = %path, rc, "open failed in the wrapped VFS");
             return rc;
         }
-        // SAFETY: the wrapped open succeeded.
+        // SAFETY: the wrapped open succeeded; `vfs` is ours.
         unsafe {
-            io::opened(
-                file,
-                name,
-                flags,
-                wal_id,
-                wal_epoch,
-                data(vfs).name,
-                data(vfs).api,
-            )
+            let d = data(vfs);
+            io::opened(file, name, flags, reported, d.wrapped, d.name, d.api);
         }
+        ffi::SQLITE_OK
     })
 }
 

@@ -52,7 +52,7 @@ fn default_connections_go_through_walguard_in_wal_mode() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["app.db", "app.db-walguard"]);
+    assert_eq!(names, ["app.db"]);
 }
 
 #[test]
