@@ -237,6 +237,33 @@ pub(crate) fn open_owned(path: &CStr, flags: libc::c_int, mode: libc::mode_t) ->
     create_owned(|| open(path, flags, mode))
 }
 
+/// The signature of os_unix.c's `open` system-call entry (`posixOpen`).
+pub(crate) type OpenFn =
+    unsafe extern "C" fn(*const libc::c_char, libc::c_int, libc::c_int) -> libc::c_int;
+
+/// [`open_owned`] through `via`, the wrapped VFS's `open` entry when there is one (so
+/// that whatever the host installed there with `xSetSystemCall` — fault injection in
+/// SQLite's own tests, say — sees walguard's opens as it sees the unix VFS's).
+pub(crate) fn open_owned_via(
+    via: Option<OpenFn>,
+    path: &CStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> io::Result<RawFd> {
+    let Some(via) = via else {
+        return open_owned(path, flags, mode);
+    };
+    create_owned(|| {
+        // SAFETY: `via` has posixOpen's type; `path` is NUL-terminated and not kept.
+        let fd = unsafe { via(path.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_int) };
+        if fd < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(fd)
+        }
+    })
+}
+
 /// Runs `make` (which creates one descriptor) and records the result as walguard's own,
 /// under the ledger lock.
 pub(crate) fn create_owned(make: impl FnOnce() -> io::Result<RawFd>) -> io::Result<RawFd> {

@@ -37,8 +37,10 @@ pub(crate) fn generation() -> u64 {
 pub(crate) enum Order {
     /// The watcher thread is stopped before any lock is taken (it may be waiting for one).
     StopThreads = 0,
-    /// The registry of databases, then each database's state and locks.
+    /// The registry of databases.
     Registry = 10,
+    /// The guards' own tables (G4's watched mappings).
+    Guards = 15,
     /// The watcher's tables.
     Watcher = 20,
     /// The descriptor ledger (taken last, released first: the child closes its copies).

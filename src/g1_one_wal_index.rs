@@ -81,21 +81,6 @@ pub(crate) fn exclusive_refusal() -> Refusal {
     )
 }
 
-/// At last close (`SQLITE_FCNTL_PERSIST_WAL` asked while SQLite holds EXCLUSIVE): whether
-/// handle `handle` may delete the `-wal` and `-shm` — only after its tear-down was
-/// allowed (`g2_wal_lifecycle::before_exclusive`).
-pub(crate) fn may_clean_up(node: &DbNode, handle: u64) -> bool {
-    let allowed = node.state.lock().teardown == Some(handle);
-    if allowed {
-        bump!(unlink_allowed);
-    } else {
-        bump!(unlink_refused);
-        tracing::info!(target: "walguard", path = %node.path, decision = "persist",
-            "last-close clean-up of -wal/-shm refused: another holder still uses the WAL index");
-    }
-    allowed
-}
-
 /// Whether a delete of the sidecar `path` (`<db>-wal` / `<db>-shm`) must be refused: a
 /// tear-down under way allows it; otherwise it is refused while anyone else maps the
 /// database's index (the gate held elsewhere, or the current mapping's dead-man switch).

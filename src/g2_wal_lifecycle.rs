@@ -86,6 +86,7 @@ pub(crate) fn attach(node: &Arc<DbNode>, req: &MapRequest) -> Result<Arc<ShmNode
             "no stat of the database is known",
         ));
     };
+    let via = node.unix_vfs.and_then(|v| v.open_entry());
     let open = |kept| {
         ShmNode::open(
             &node.cpath,
@@ -94,6 +95,7 @@ pub(crate) fn attach(node: &Arc<DbNode>, req: &MapRequest) -> Result<Arc<ShmNode
             req.wal,
             node.locks.clone(),
             kept,
+            via,
         )
     };
     let shm = match open(st.kept.take()) {
@@ -126,17 +128,13 @@ pub(crate) fn attach(node: &Arc<DbNode>, req: &MapRequest) -> Result<Arc<ShmNode
         set_up(node, &shm, req.handle)?;
     }
     let watched = g4::watch(node, &shm, req.wal_fd);
-    if !g4::still_at_paths(node, &shm) {
-        // Replaced between the open and the watch: this index is nobody's. SQLite retries
-        // the first mapping and opens what is at the path now.
+    if let Err(r) = g4::still_at_paths(node, &shm) {
+        // Replaced before the watch began: this index is nobody's.
         g4::unwatch(&shm);
         if !shm.readonly {
             node.locks.gate_leave();
         }
-        bump!(sidecar_replaced);
-        return Err(setup_busy(
-            "the -shm or -wal was removed or replaced during WAL set-up; mapping again",
-        ));
+        return Err(r);
     }
     if !shm.readonly {
         if watched {
@@ -278,24 +276,53 @@ pub(crate) fn before_exclusive(
     shm: Option<&Arc<ShmNode>>,
 ) -> Result<bool, Refusal> {
     if let Some(shm) = shm {
-        if shm.is_poisoned() {
-            return Err(g1::exclusive_refusal());
-        }
-        let own_refs = usize::from(shm.watched());
-        if !node.locks.gate_try_exclusive(handle, own_refs) {
-            return Err(Refusal::busy(
-                &COUNTERS.teardown_busy,
-                "busy",
-                "tear-down waits: another process maps or is setting up this WAL",
-            ));
-        }
-        if g1::others_use(node, shm) {
-            node.locks.gate_end_exclusive(handle);
-            return Err(g1::exclusive_refusal());
-        }
-        node.state.lock().teardown = Some(handle);
+        begin_teardown(node, handle, shm)?;
     }
     Ok(node.locks.drop_mirror_for_exclusive())
+}
+
+/// The tear-down decision (see the module documentation): the gate exclusively, then
+/// nobody else using the index.
+fn begin_teardown(node: &DbNode, handle: u64, shm: &ShmNode) -> Result<(), Refusal> {
+    if node.state.lock().teardown == Some(handle) {
+        return Ok(());
+    }
+    if shm.is_poisoned() {
+        return Err(g1::exclusive_refusal());
+    }
+    let own_refs = usize::from(shm.watched());
+    if !node.locks.gate_try_exclusive(handle, own_refs) {
+        return Err(Refusal::busy(
+            &COUNTERS.teardown_busy,
+            "busy",
+            "tear-down waits: another process maps or is setting up this WAL",
+        ));
+    }
+    if g1::others_use(node, shm) {
+        node.locks.gate_end_exclusive(handle);
+        return Err(g1::exclusive_refusal());
+    }
+    node.state.lock().teardown = Some(handle);
+    Ok(())
+}
+
+/// At last close (`SQLITE_FCNTL_PERSIST_WAL` asked while SQLite holds EXCLUSIVE): whether
+/// handle `handle` may delete the `-wal` and `-shm`. Decided when it asked for EXCLUSIVE
+/// with the index mapped; a handle that mapped it only after (its close checkpoints a WAL
+/// it never read) decides now, the same way.
+pub(crate) fn may_clean_up(node: &DbNode, handle: u64, shm: Option<&Arc<ShmNode>>) -> bool {
+    let decided = match shm {
+        Some(shm) => begin_teardown(node, handle, shm).is_ok(),
+        None => node.state.lock().teardown == Some(handle),
+    };
+    if decided {
+        bump!(unlink_allowed);
+    } else {
+        bump!(unlink_refused);
+        tracing::info!(target: "walguard", path = %node.path, decision = "persist",
+            "last-close clean-up of -wal/-shm refused: another holder still uses the WAL index");
+    }
+    decided
 }
 
 /// The handle left EXCLUSIVE (or never got it): the tear-down window ends, and the mirror

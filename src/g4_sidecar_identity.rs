@@ -223,6 +223,15 @@ pub(crate) fn take_opened_wal(wal_path: &CStr) -> Option<(Inode, Option<RawFd>)>
         .flatten()
 }
 
+/// Right after the wrapped VFS opened the `-wal` at `path` (`opened`: its descriptor's
+/// `fstat`, when known): whether the path still names that file. `false`: it was removed
+/// or replaced in between; the caller opens again. Unknown (`None`) counts as yes.
+pub(crate) fn opened_is_at_path(path: &CStr, opened: Option<&libc::stat>) -> bool {
+    let Some(st) = opened else { return true };
+    let id = crate::fd::inode_of(st);
+    matches!(file_id_of_path(path), Ok(Some(now)) if now == to_id(id))
+}
+
 fn wal_path(node: &DbNode) -> Option<CString> {
     CString::new([node.cpath.to_bytes(), b"-wal"].concat()).ok()
 }
@@ -360,12 +369,35 @@ static WATCHED: Mutex<Vec<Arc<MappingWatch>>> = Mutex::new(Vec::new());
 /// Whether the sidecars of the new mapping `shm` are still the files at their paths
 /// (checked after [`watch`], so that a replacement made before the watch began is not
 /// missed: any later one is an event). No side effect: the caller, which holds the
-/// node's state, gives the mapping up.
-pub(crate) fn still_at_paths(node: &DbNode, shm: &ShmNode) -> bool {
-    let at = |path: Option<CString>, id: Inode| {
-        path.is_some_and(|p| matches!(file_id_of_path(&p), Ok(Some(now)) if now == to_id(id)))
-    };
-    at(Some(shm.cpath.clone()), shm.inode) && shm.wal.is_none_or(|w| at(wal_path(node), w))
+/// node's state, gives the mapping up. A `-shm` replaced meanwhile is `SQLITE_BUSY`
+/// (SQLite retries the first mapping, which opens what is at the path now); a `-wal`
+/// replaced since the connection opened it is `SQLITE_IOERR_VNODE` (the connection keeps
+/// that `-wal` for its WAL session: only a reopen helps).
+pub(crate) fn still_at_paths(node: &DbNode, shm: &ShmNode) -> Result<(), Refusal> {
+    let at =
+        |path: &CStr, id: Inode| matches!(file_id_of_path(path), Ok(Some(now)) if now == to_id(id));
+    if !at(&shm.cpath, shm.inode) {
+        bump!(sidecar_replaced);
+        return Err(Refusal::busy(
+            &COUNTERS.setup_busy,
+            "retry",
+            "the -shm was removed or replaced during WAL set-up; mapping again",
+        ));
+    }
+    match (shm.wal, wal_path(node)) {
+        (Some(w), Some(p)) if !at(&p, w) => {
+            bump!(sidecar_replaced);
+            Err(Refusal::new(
+                SQLITE_IOERR_VNODE,
+                &COUNTERS.stale_transactions,
+                "SQLITE_IOERR_VNODE",
+                Level::Alarm,
+                "the -wal was removed or replaced since this connection opened it. Close and \
+                 reopen the connection",
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Watches the sidecars of the new mapping `shm` (the `-wal` through `wal_fd` when
@@ -439,7 +471,7 @@ fn register_fork_hooks() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         register(Hooks {
-            order: Order::Watcher,
+            order: Order::Guards,
             prepare: || hold(&WATCHED),
             // SAFETY: prepare held WATCHED in this thread.
             parent: || unsafe { release(&WATCHED) },

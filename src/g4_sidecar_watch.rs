@@ -182,6 +182,9 @@ pub(crate) fn resume(instance: u64) -> bool {
     if watching(instance) {
         return true;
     }
+    if INSTANCE.load(SeqCst) != instance {
+        return false; // retired: that instance never comes back
+    }
     #[cfg(target_os = "linux")]
     {
         let _targets = TARGETS.lock();
@@ -332,8 +335,9 @@ fn run(instance: u64) {
 /// Reads what is queued on the (non-blocking) descriptor and calls the owners of the
 /// files concerned. `Err` when the descriptor is unusable.
 fn read_and_dispatch(fd: RawFd) -> Result<(), ()> {
-    // u64 words: aligned for `inotify_event`.
-    let mut buf = [0u64; 256];
+    // u64 words: aligned for `inotify_event`. Not zeroed: only the bytes `read` returns
+    // are looked at (this runs at every write transaction's start).
+    let mut buf = std::mem::MaybeUninit::<[u64; 256]>::uninit();
     READING.fetch_add(1, SeqCst);
     let result = (|| loop {
         // SAFETY: `buf` is writable for its whole size.
@@ -341,7 +345,7 @@ fn read_and_dispatch(fd: RawFd) -> Result<(), ()> {
             libc::read(
                 fd,
                 buf.as_mut_ptr() as *mut libc::c_void,
-                std::mem::size_of_val(&buf),
+                std::mem::size_of::<[u64; 256]>(),
             )
         };
         if n < 0 {
@@ -353,7 +357,7 @@ fn read_and_dispatch(fd: RawFd) -> Result<(), ()> {
         if n == 0 {
             return Ok(());
         }
-        // SAFETY: `buf` holds `n` initialised bytes.
+        // SAFETY: `read` initialised the first `n` bytes of `buf`.
         let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr() as *const u8, n as usize) };
         dispatch(&events(bytes));
     })();

@@ -11,7 +11,7 @@
 //! | `xSync` (main database) | G5 `check_after_sync` |
 //! | `xLock` SHARED / EXCLUSIVE | G1 `entered_shared` / G2 `before_exclusive` |
 //! | `xUnlock` | G2 `after_exclusive`, G1 `left_shared` |
-//! | `xFileControl` `PERSIST_WAL` (last close), `EXTERNAL_READER`, `VFSNAME` | G1 `may_clean_up`, the `-shm` node, the name |
+//! | `xFileControl` `PERSIST_WAL` (last close), `EXTERNAL_READER`, `VFSNAME` | G2 `may_clean_up`, the `-shm` node, the name |
 //! | `xShmMap` (a handle's first) | G2 `attach` (join or set up the index), then `shm.rs` |
 //! | `xShmLock` | G4 `transaction_start` (which takes the lock) |
 //! | `xShmUnmap` | G2 `detach` |
@@ -79,6 +79,9 @@ pub(crate) struct FileState {
     /// OFD locks available, the wrapped file has shared memory).
     serve_shm: bool,
     shm: Option<Mapped>,
+    /// The `-wal` this connection opened for its current WAL session (G4), taken at the
+    /// first attempt of its first mapping and kept across retries, forgotten at unmap.
+    wal: Option<(crate::fd::Inode, Option<std::os::fd::RawFd>)>,
     /// The connection asked for `readonly_shm=1`.
     readonly_shm: bool,
     /// G4: when this handle last confirmed its sidecars (unwatched mappings).
@@ -210,14 +213,17 @@ impl FileOps for InnerOps {
 ///
 /// # Safety
 /// `file` is the walguard file SQLite passed to xOpen, its wrapped part just opened by
-/// the wrapped VFS `wrapped`; `name` is SQLite's file name (or NULL); `out_flags` what the
-/// wrapped open reported.
+/// the wrapped VFS; `name` is SQLite's file name (or NULL); `out_flags` what the wrapped
+/// open reported; `descriptor` the unix VFS's descriptor of the file and its `fstat`
+/// (`unix_fd`), `unix` that VFS when it is os_unix.c's.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn opened(
     file: *mut ffi::sqlite3_file,
     name: *const c_char,
     flags: c_int,
     out_flags: c_int,
-    wrapped: *const ffi::sqlite3_vfs,
+    descriptor: Option<(std::os::fd::RawFd, libc::stat)>,
+    unix: Option<*mut ffi::sqlite3_vfs>,
     vfs_name: &'static str,
     api: &'static crate::api::Api,
 ) {
@@ -230,17 +236,15 @@ pub(crate) unsafe fn opened(
         Some(_) if flags & ffi::SQLITE_OPEN_WAL != 0 => Kind::Wal,
         _ => Kind::Other,
     };
-    // The unix VFS's own descriptor of the file, where it can be read (`unix_fd`).
-    // SAFETY: `wrapped` is the registered VFS that opened `inner`.
-    let descriptor = if kind != Kind::Other && unsafe { crate::unix_fd::is_unix(wrapped) } {
-        // SAFETY: `inner` is an open file of that unix VFS.
-        unsafe { crate::unix_fd::descriptor(inner) }
-    } else {
-        None
-    };
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let db = match (kind, cname) {
-        (Kind::MainDb, Some(cname)) => open_db(cname, id, descriptor, out_flags),
+        (Kind::MainDb, Some(cname)) => open_db(
+            cname,
+            id,
+            descriptor,
+            out_flags,
+            unix.map(|v| registry::UnixVfs(v)),
+        ),
         (Kind::Wal, Some(cname)) => {
             let ident = descriptor
                 .map(|(_, st)| crate::fd::inode_of(&st))
@@ -278,6 +282,7 @@ pub(crate) unsafe fn opened(
         db,
         level: ffi::SQLITE_LOCK_NONE,
         shm: None,
+        wal: None,
         // SAFETY: a main database's name as SQLite passed it to xOpen.
         readonly_shm: kind == Kind::MainDb
             && unsafe { crate::api::uri_flag(api, name, c"readonly_shm") },
@@ -301,13 +306,14 @@ fn open_db(
     id: u64,
     descriptor: Option<(std::os::fd::RawFd, libc::stat)>,
     out_flags: c_int,
+    unix: Option<registry::UnixVfs>,
 ) -> Option<Arc<DbNode>> {
     let writable = out_flags & ffi::SQLITE_OPEN_READONLY == 0;
     let (fd, st) = match descriptor {
         Some((fd, st)) => (Some(fd), st),
         None => (None, crate::fd::stat(cname).ok()?),
     };
-    let node = registry::attach(cname, &st, id, fd, writable);
+    let node = registry::attach(cname, &st, id, fd, writable, unix);
     if fd.is_none() {
         if let Err(msg) = node.locks.ensure_carrier(cname) {
             if registry::first_warning(&format!("{} carrier", node.path)) {
@@ -567,7 +573,9 @@ unsafe extern "C" fn x_file_control(
                     (rc, query, at_exclusive, st.guarded_db())
                 {
                     // SAFETY: as above.
-                    if unsafe { *slot } == 0 && !g1::may_clean_up(&node, st.id) {
+                    if unsafe { *slot } == 0
+                        && !g2::may_clean_up(&node, st.id, st.shm.as_ref().map(|m| &m.shm))
+                    {
                         // SAFETY: as above.
                         unsafe { *slot = 1 };
                     }
@@ -620,14 +628,16 @@ unsafe extern "C" fn x_shm_map(
             let Some(node) = st.db.clone() else {
                 return ffi::SQLITE_IOERR_SHMMAP;
             };
-            let wal = std::ffi::CString::new([node.cpath.to_bytes(), b"-wal"].concat())
-                .ok()
-                .and_then(|p| g4::take_opened_wal(&p));
+            if st.wal.is_none() {
+                st.wal = std::ffi::CString::new([node.cpath.to_bytes(), b"-wal"].concat())
+                    .ok()
+                    .and_then(|p| g4::take_opened_wal(&p));
+            }
             let req = MapRequest {
                 handle: st.id,
                 readonly_shm: st.readonly_shm,
-                wal: wal.map(|(id, _)| id),
-                wal_fd: wal.and_then(|(_, fd)| fd),
+                wal: st.wal.map(|(id, _)| id),
+                wal_fd: st.wal.and_then(|(_, fd)| fd),
             };
             match g2::attach(&node, &req) {
                 Ok(shm) => {
@@ -698,6 +708,9 @@ unsafe extern "C" fn x_shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) ->
         if !st.serve_shm {
             return fwd!(inner, xShmUnmap, delete);
         }
+        // The connection leaves WAL mode (or closes): the -wal it used is not the one it
+        // opens if it comes back (SQLite may delete and recreate both).
+        st.wal = None;
         let Some(mut m) = st.shm.take() else {
             return ffi::SQLITE_OK;
         };

@@ -49,6 +49,20 @@ pub(crate) struct DbNode {
     pub path: String,
     pub locks: Arc<DbLocks>,
     pub state: Mutex<DbState>,
+    /// The wrapped VFS when it is os_unix.c's (its `open` entry opens the `-shm`).
+    pub unix_vfs: Option<UnixVfs>,
+}
+
+/// A registered os_unix.c VFS (registered VFSs live for the process).
+#[derive(Clone, Copy)]
+pub(crate) struct UnixVfs(pub *const libsqlite3_sys::sqlite3_vfs);
+
+impl UnixVfs {
+    /// Its current `open` system-call entry.
+    pub(crate) fn open_entry(self) -> Option<fd::OpenFn> {
+        // SAFETY: only made for a registered VFS that `unix_fd::is_unix` accepted.
+        unsafe { crate::unix_fd::open_entry(self.0) }
+    }
 }
 
 // SAFETY: `libc::stat` is plain data; everything mutable is behind the mutexes.
@@ -104,6 +118,7 @@ pub(crate) fn attach(
     handle: u64,
     fd: Option<RawFd>,
     writable: bool,
+    unix_vfs: Option<UnixVfs>,
 ) -> Arc<DbNode> {
     register_fork_hooks();
     let inode = fd::inode_of(st);
@@ -117,6 +132,7 @@ pub(crate) fn attach(
                     path: cpath.to_string_lossy().into_owned(),
                     locks: Arc::new(DbLocks::new(inode.1)),
                     state: Mutex::new(DbState::default()),
+                    unix_vfs,
                 })
             })
             .clone()

@@ -154,6 +154,7 @@ impl ShmNode {
         wal: Option<Inode>,
         db_locks: Arc<DbLocks>,
         kept: Option<Kept>,
+        via: Option<fd::OpenFn>,
     ) -> Result<ShmNode, OpenError> {
         let db_path = db_cpath.to_string_lossy().into_owned();
         let cpath =
@@ -176,7 +177,7 @@ impl ShmNode {
         let rw = if readonly_shm {
             Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
         } else {
-            fd::open_owned(&cpath, libc::O_RDWR | libc::O_CREAT | nofollow, mode)
+            fd::open_owned_via(via, &cpath, libc::O_RDWR | libc::O_CREAT | nofollow, mode)
         };
         let (fd, readonly) = match rw {
             Ok(fd) => (fd, false),
@@ -186,7 +187,7 @@ impl ShmNode {
                     message: fd::open_error_message(&cpath.to_string_lossy(), &e),
                 })
             }
-            Err(_) => match fd::open_owned(&cpath, libc::O_RDONLY | nofollow, mode) {
+            Err(_) => match fd::open_owned_via(via, &cpath, libc::O_RDONLY | nofollow, mode) {
                 Ok(fd) => (fd, true),
                 Err(e) => {
                     return Err(OpenError {
@@ -354,6 +355,7 @@ impl ShmNode {
         let mut inner = self.inner.lock();
         if inner.mapping_ref {
             inner.release_pending = false;
+            self.watched.store(true, Ordering::SeqCst);
             return true;
         }
         if inner.purged || self.is_poisoned() || !self.db_locks.gate_enter() {

@@ -55,3 +55,19 @@ pub(crate) unsafe fn descriptor(file: *const ffi::sqlite3_file) -> Option<(RawFd
     let st = crate::fd::fstat(fd).ok()?;
     (st.st_mode & libc::S_IFMT == libc::S_IFREG).then_some((fd, st))
 }
+
+/// The wrapped unix VFS's current `open` system-call entry (what `xSetSystemCall("open")`
+/// installed, or the original), read at call time.
+///
+/// # Safety
+/// `vfs` is a registered `sqlite3_vfs` for which [`is_unix`] is true.
+pub(crate) unsafe fn open_entry(vfs: *const ffi::sqlite3_vfs) -> Option<crate::fd::OpenFn> {
+    // SAFETY: per the contract; os_unix.c's xGetSystemCall only looks the name up.
+    let entry = unsafe {
+        let get = (*vfs).xGetSystemCall?;
+        get(vfs as *mut ffi::sqlite3_vfs, c"open".as_ptr())?
+    };
+    // SAFETY: os_unix.c stores its open entry as `int(*)(const char*,int,int)` and casts
+    // it back to that type at every call.
+    Some(unsafe { std::mem::transmute::<unsafe extern "C" fn(), crate::fd::OpenFn>(entry) })
+}

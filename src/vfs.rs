@@ -5,7 +5,7 @@
 
 use crate::io::{self, guard, HEADER_SIZE};
 use crate::stats::bump;
-use crate::{api, g1_one_wal_index as g1, sqlfn, Error, Options};
+use crate::{api, g1_one_wal_index as g1, g4_sidecar_identity as g4, sqlfn, Error, Options};
 use libsqlite3_sys as ffi;
 use parking_lot::Mutex;
 use std::ffi::{CStr, CString};
@@ -222,6 +222,10 @@ macro_rules! wfwd {
     }};
 }
 
+/// How many times a `-wal` that keeps being replaced while it opens is opened before the
+/// open fails (SQLITE_CANTOPEN): each replacement is an outside `rm`/`mv` racing SQLite.
+const WAL_OPEN_ATTEMPTS: usize = 3;
+
 /// Closes a wrapped file if the wrapped VFS left it open (methods set), once.
 ///
 /// # Safety
@@ -254,23 +258,15 @@ unsafe extern "C" fn x_open(
         let inner = unsafe { (file as *mut u8).add(HEADER_SIZE) as *mut ffi::sqlite3_file };
         // SAFETY: inner's pMethods must start NULL for the wrapped VFS too.
         unsafe { (*inner).pMethods = std::ptr::null() };
+        // SAFETY: SQLite passes our VFS; the wrapped VFS is registered.
+        let wrapped = unsafe { data(vfs) }.wrapped;
+        // SAFETY: as above.
+        let unix = unsafe { crate::unix_fd::is_unix(wrapped) };
+        let is_wal = flags & ffi::SQLITE_OPEN_WAL != 0 && !name.is_null();
         let mut reported = flags;
-        let mut rc = wfwd!(
-            vfs,
-            xOpen,
-            ffi::SQLITE_CANTOPEN,
-            name,
-            inner,
-            flags,
-            &mut reported
-        );
-        if rc != ffi::SQLITE_OK
-            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EMFILE)
-            && crate::registry::evict_idle()
-        {
-            // Out of descriptors while idle databases keep theirs: given back, once more.
-            // SAFETY: as above.
-            unsafe { close_wrapped(inner) };
+        let mut rc = ffi::SQLITE_CANTOPEN;
+        let mut descriptor = None;
+        for attempt in 1..=WAL_OPEN_ATTEMPTS {
             rc = wfwd!(
                 vfs,
                 xOpen,
@@ -280,6 +276,58 @@ unsafe extern "C" fn x_open(
                 flags,
                 &mut reported
             );
+            if rc != ffi::SQLITE_OK
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::EMFILE)
+                && crate::registry::evict_idle()
+            {
+                // Out of descriptors while idle databases keep theirs: given back, once
+                // more.
+                // SAFETY: as above.
+                unsafe { close_wrapped(inner) };
+                rc = wfwd!(
+                    vfs,
+                    xOpen,
+                    ffi::SQLITE_CANTOPEN,
+                    name,
+                    inner,
+                    flags,
+                    &mut reported
+                );
+            }
+            if rc != ffi::SQLITE_OK {
+                break;
+            }
+            // SAFETY: `inner` was just opened by the wrapped VFS, a unix one when `unix`.
+            descriptor = unix
+                .then(|| unsafe { crate::unix_fd::descriptor(inner) })
+                .flatten();
+            // SAFETY: SQLite file names are NUL-terminated.
+            let path = is_wal.then(|| unsafe { CStr::from_ptr(name) });
+            match path {
+                Some(p) if !g4::opened_is_at_path(p, descriptor.as_ref().map(|(_, st)| st)) => {}
+                _ => break,
+            }
+            // G4 keeps the -wal this connection really opened: one that left its path
+            // between SQLite's open and now would be a -wal nobody else reads. Open again.
+            bump!(sidecar_replaced);
+            tracing::info!(target: "walguard", path = ?path, decision = "reopen",
+                "the -wal was removed or replaced while it was being opened; opening again");
+            // SAFETY: the wrapped open succeeded, so its methods are set.
+            unsafe { close_wrapped(inner) };
+            rc = ffi::SQLITE_CANTOPEN;
+            descriptor = None;
+            if attempt == WAL_OPEN_ATTEMPTS {
+                let shown = path
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let msg = format!(
+                    "walguard: {shown} was removed or replaced each of the {WAL_OPEN_ATTEMPTS} \
+                     times SQLite opened it (something outside SQLite keeps replacing it); \
+                     the open fails. Stop whatever rewrites {shown} and retry."
+                );
+                tracing::error!(target: "walguard", path = %shown, "{msg}");
+                api::sqlite_log(ffi::SQLITE_CANTOPEN, &msg);
+            }
         }
         if !out_flags.is_null() {
             // SAFETY: SQLite's out-pointer, writable when not NULL.
@@ -294,7 +342,16 @@ unsafe extern "C" fn x_open(
         // SAFETY: the wrapped open succeeded; `vfs` is ours.
         unsafe {
             let d = data(vfs);
-            io::opened(file, name, flags, reported, d.wrapped, d.name, d.api);
+            io::opened(
+                file,
+                name,
+                flags,
+                reported,
+                descriptor,
+                unix.then_some(wrapped),
+                d.name,
+                d.api,
+            );
         }
         ffi::SQLITE_OK
     })

@@ -10,9 +10,11 @@
 //!
 //! Scenario (one Debian python3 process through walguard, connections C and D, every step
 //! acknowledged before the next):
-//! 1. this test holds the life-cycle lock (byte 1 of `app.db-walguard`, an OFD write
-//!    lock), as another process's WAL set-up would: C opens the database and reads; it
-//!    opens the `-wal` (W1), its first `xShmMap` gets SQLITE_BUSY until SQLite gives up;
+//! 1. this test holds walguard's gate exclusively (an OFD write lock on byte
+//!    `PENDING_BYTE + 513` of the database; issue 10's builds used byte 1 of
+//!    `app.db-walguard`, the test takes both), as another process's WAL set-up would: C
+//!    opens the database and reads; it opens the `-wal` (W1), its first `xShmMap` gets
+//!    SQLITE_BUSY until SQLite gives up;
 //! 2. the `-wal` is replaced (`cp` + `mv` over it: W2 holds the same frames);
 //! 3. the lock is released; D opens and reads (it opens W2);
 //! 4. C inserts a row: C must fail with an SQLITE_IOERR code (SQLITE_IOERR_VNODE)
@@ -29,7 +31,7 @@ use std::path::Path;
 
 use vfs_tests::defects::Driver;
 
-/// An OFD write lock on byte 1 of `path` (walguard's life-cycle lock; the file is created
+/// An OFD write lock on byte `byte` of `path` (walguard's set-up lock; the file is created
 /// if missing), held until drop.
 struct LifecycleLock {
     /// Closing it releases the lock.
@@ -37,7 +39,7 @@ struct LifecycleLock {
 }
 
 impl LifecycleLock {
-    fn take(path: &Path) -> LifecycleLock {
+    fn take(path: &Path, byte: i64) -> LifecycleLock {
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -49,7 +51,7 @@ impl LifecycleLock {
         let mut fl: libc::flock = unsafe { std::mem::zeroed() };
         fl.l_type = libc::F_WRLCK as libc::c_short;
         fl.l_whence = libc::SEEK_SET as libc::c_short;
-        fl.l_start = 1;
+        fl.l_start = byte as libc::off_t;
         fl.l_len = 1;
         // SAFETY: a valid descriptor and flock for the duration of the call.
         let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
@@ -91,7 +93,12 @@ fn scenario(walguard: bool) -> Outcome {
     }
 
     let mut x = Driver::spawn("X (connections C and D)", dir.path(), walguard, &[]);
-    let lock = walguard.then(|| LifecycleLock::take(&db.with_file_name("app.db-walguard")));
+    let lock = walguard.then(|| {
+        (
+            LifecycleLock::take(&db, 0x4000_0000 + 513),
+            LifecycleLock::take(&db.with_file_name("app.db-walguard"), 1),
+        )
+    });
     x.ok("open c app.db");
     let c_first_read = x
         .cmd("exec c SELECT count(*) FROM t")

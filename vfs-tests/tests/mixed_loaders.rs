@@ -317,7 +317,7 @@ fn three_loaders_share_one_wal_database() {
 
     assert_eq!(
         files,
-        ["app.db", "app.db-walguard"],
+        ["app.db"],
         "after every loader closed, the directory should hold only the database and \
          walguard's lock file"
     );

@@ -681,7 +681,7 @@ fn two_writers(mode: &str) {
     q.quit();
     assert_eq!(
         list_dir(dir.path()),
-        ["app.db", "app.db-walguard"],
+        ["app.db"],
         "{mode}: the last closer checkpoints and removes -wal and -shm"
     );
 }

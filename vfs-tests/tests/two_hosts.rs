@@ -257,9 +257,5 @@ fn two_runtimes_in_one_process_split_on_unix_and_not_through_walguard() {
     assert!(held.is_empty(), "no deleted sidecar held: {held:?}");
     assert_eq!(rows, "3");
     assert_eq!(integrity, "ok,3");
-    assert_eq!(
-        at_end,
-        ["app.db", "app.db-walguard"],
-        "the last close cleans up normally"
-    );
+    assert_eq!(at_end, ["app.db"], "the last close cleans up normally");
 }
