@@ -29,8 +29,8 @@
 //!     "W (python3 + walguard) (pid 30450) was killed by signal 7 (SIGBUS); stderr:\n",
 //!     "R (walguard worker) (pid 30469) was killed by signal 7 (SIGBUS); stderr:\n",
 //! ]
-//! full tmpfs: writer (walguard) (pid 30403) was killed by signal 7 (SIGBUS) (plain unix: Ok(Err((13, "write after acks []: database or disk is full"))));
-//! walguard's reply: Err("writer (walguard) (pid 30403) was killed by signal 7 (SIGBUS)…")
+//! full tmpfs: writer (walguard) (pid 30403) was killed by signal 7 (SIGBUS) (plain
+//! unix: Ok(Err((13, "write after acks []: database or disk is full")))); walguard's reply: Err("writer (walguard) (pid 30403) was killed by signal 7 (SIGBUS)…")
 //! unusable lock-file path: walguard and unix differ:
 //! directory app.db-walguard: unix ["open: ok", "wal: ok", "write: ok", "count: ok"],
 //! walguard ["open: ok", "wal: ok", "write: err 14", "count: err 1"]
