@@ -16,6 +16,11 @@
 //! holds a lock across open+record, which its fork handler also takes, does not deadlock
 //! the test — the fork then happens after the record).
 //!
+//! The test judges only the outcome: any open-file-description lock the parent holds
+//! through a descriptor the child keeps (a descriptor its fork handlers do not close —
+//! for instance one the unix VFS opened for the connection before the fork) would wedge
+//! the third process the same way.
+//!
 //! Baseline in the same test: the same scenario through plain unix (SQLite's locks are
 //! POSIX locks, which a child does not inherit): the third process writes.
 //!
