@@ -64,5 +64,6 @@ pub fn json_string(s: &str) -> String {
     out
 }
 
+pub mod defect17;
 /// Helpers of the defect regression tests (issue 10).
 pub mod defects;
