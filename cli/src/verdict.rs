@@ -426,9 +426,11 @@ fn wal_findings(ins: &Inspection, live: bool, out: &mut Out) {
                 } else {
                     let later = if w.later_frames_with_salts > 0 {
                         format!(
-                            "; {} later frames still carry this WAL's salts ({} claim a commit) \
-                             and will never be read",
-                            w.later_frames_with_salts, w.later_commits_with_salts
+                            "; {}{} later frames still carry this WAL's salts ({} claim a \
+                             commit) and will never be read",
+                            if w.later_cut { "at least " } else { "" },
+                            w.later_frames_with_salts,
+                            w.later_commits_with_salts
                         )
                     } else {
                         String::new()
