@@ -21,7 +21,6 @@ fn group(gid: u32) -> String {
 /// The text report. The first line carries the time; `--watch` compares the rest.
 pub fn text(ins: &Inspection, v: &Verdict) -> String {
     let mut s = String::new();
-    let wal_mode = ins.wal_mode();
     // The first line changes on every run (time, processes on the machine); `--watch`
     // compares the rest.
     let _ = writeln!(
@@ -406,7 +405,7 @@ pub fn text(ins: &Inspection, v: &Verdict) -> String {
                 } else {
                     "linked in, but not used for this database"
                 };
-                match verdict::reach(ins, p, wal_mode) {
+                match verdict::reach(ins, p) {
                     Some(r) if r != verdict::Reach::LinkedUnused => {
                         format!("{base} ({})", r.what())
                     }
@@ -534,7 +533,6 @@ fn pair(p: (u32, u32)) -> J {
 
 /// The JSON report.
 pub fn json(ins: &Inspection, v: &Verdict) -> J {
-    let wal_mode = ins.wal_mode();
     let files = J::Arr(
         ins.files
             .iter()
@@ -790,7 +788,7 @@ pub fn json(ins: &Inspection, v: &Verdict) -> J {
                     ),
                     (
                         "guard_with",
-                        J::opt(verdict::reach(ins, p, wal_mode), |r| J::str(r.code())),
+                        J::opt(verdict::reach(ins, p), |r| J::str(r.code())),
                     ),
                     ("maps_error", J::opt(p.maps_error.clone(), J::Str)),
                 ])

@@ -1088,7 +1088,7 @@ fn holder_findings(ins: &Inspection, wal_mode: bool, out: &mut Out) {
     }
 
     // ---- walguard: who is guarded, who is not, and how to guard each ----------------
-    unguarded_findings(ins, wal_mode, out);
+    unguarded_findings(ins, out);
     earlier_build_findings(ins, out);
 
     // ---- what could not be seen ------------------------------------------------------
@@ -1292,8 +1292,9 @@ impl Reach {
 /// Whether `p` uses this database through a SQLite that walguard does not guard, and how
 /// it could be guarded. None: guarded, not a SQLite user of the database (a copy or
 /// backup tool holding the file, with no SQLite mapped and no SQLite lock), or not
-/// judgeable (a walguard program idle in rollback mode holds no lock to show itself).
-pub fn reach(ins: &Inspection, p: &Proc, wal_mode: bool) -> Option<Reach> {
+/// judgeable (a program with walguard linked in that holds no lock on the database or
+/// the `-shm` at this moment shows nothing either way).
+pub fn reach(ins: &Inspection, p: &Proc) -> Option<Reach> {
     if walguard_active(ins, p) || !(p.has_open(Role::Database) || p.maps_role(Role::Shm)) {
         return None;
     }
@@ -1308,11 +1309,17 @@ pub fn reach(ins: &Inspection, p: &Proc, wal_mode: bool) -> Option<Reach> {
     if p.maps_error.is_none() && libs.is_empty() && !linked && !locks_sqlite_bytes {
         return None;
     }
+    if linked && !locks_sqlite_bytes {
+        // walguard is in the process, and no lock says whether this database goes
+        // through it (rollback mode between transactions, a connection that has not read
+        // yet): judge only what the lock table proves.
+        return None;
+    }
     if p.is_python() {
         return Some(Reach::Python);
     }
     if linked {
-        return (wal_mode || locks_sqlite_bytes).then_some(Reach::LinkedUnused);
+        return Some(Reach::LinkedUnused);
     }
     let base = |path: &str| path.rsplit('/').next().unwrap_or(path).to_owned();
     if let Some(l) = libs
@@ -1366,7 +1373,7 @@ fn remedy(p: &Proc, r: &Reach) -> String {
 }
 
 /// Processes that use the database without walguard while others use it with walguard.
-fn unguarded_findings(ins: &Inspection, wal_mode: bool, out: &mut Out) {
+fn unguarded_findings(ins: &Inspection, out: &mut Out) {
     let procs = &ins.holders.procs;
     let guarded = procs.iter().filter(|p| walguard_active(ins, p)).count();
     if guarded == 0 {
@@ -1374,7 +1381,7 @@ fn unguarded_findings(ins: &Inspection, wal_mode: bool, out: &mut Out) {
     }
     let unguarded: Vec<(&Proc, Reach)> = procs
         .iter()
-        .filter_map(|p| reach(ins, p, wal_mode).map(|r| (p, r)))
+        .filter_map(|p| reach(ins, p).map(|r| (p, r)))
         .collect();
     if unguarded.is_empty() {
         return;
