@@ -1340,7 +1340,7 @@ fn remedy(p: &Proc, r: &Reach) -> String {
     let cmd = if p.cmdline.is_empty() {
         p.comm.clone()
     } else {
-        shorten(&p.cmdline, 160)
+        shorten(&one_line(&p.cmdline), 160)
     };
     match r {
         Reach::Python => format!(

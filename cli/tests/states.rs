@@ -24,6 +24,7 @@ fn main() -> ExitCode {
     common::main(tests![
         healthy_wal_database_with_three_processes,
         unguarded_processes_are_named_with_how_to_guard_each,
+        lock_file_left_by_an_earlier_build,
         split_index_names_the_process_holding_the_deleted_wal,
         torn_extend_is_damage,
         bad_frame_checksum_after_the_last_commit,
@@ -353,6 +354,46 @@ fn unguarded_processes_are_named_with_how_to_guard_each() {
     for w in [a, c, x] {
         let _ = w.exit();
     }
+}
+
+/// The current build has no `<db>-walguard`: one that nobody holds is shown as left by an
+/// earlier build (a note, healthy), and never counted as a sign of walguard.
+fn lock_file_left_by_an_earlier_build() {
+    let dir = common::tempdir();
+    let db = dir.path().join("app.db");
+    let mut a = spawn(Vfs::Unix, &db, "A");
+    assert_eq!(ok(&mut a, "wal"), "wal");
+    ok(&mut a, "write 1");
+    let lock_file = common_sidecar(&db, "-walguard");
+    let r = doctor_json(&db, 0);
+    assert!(
+        !codes(&r, "note").contains(&"walguard-file-left".to_owned()),
+        "no file, no note: {}",
+        r.render_findings()
+    );
+    assert!(!lock_file.exists(), "plain unix creates no lock file");
+    fs::write(&lock_file, b"").expect("create a leftover lock file");
+    let r = doctor_json(&db, 0);
+    let f = finding(&r, "walguard-file-left");
+    assert_eq!(f["severity"].text(), "note");
+    let file = r["files"]
+        .items()
+        .iter()
+        .find(|f| f["role"].text() == "-walguard")
+        .expect("the -walguard file is listed");
+    assert_eq!(
+        file["note"].text(),
+        "left by an earlier walguard build, unused by this one"
+    );
+    assert_eq!(process(&r, a.pid())["walguard"].text(), "linked");
+    let text = doctor(&["doctor", &s(&db)]);
+    assert!(
+        text.stdout
+            .contains("— left by an earlier walguard build, unused by this one"),
+        "{}",
+        text.stdout
+    );
+    let _ = a.exit();
 }
 
 /// The header-peek reproduction of vfs-tests/tests/split_index.rs (PeekExclusiveOpener):
