@@ -197,6 +197,7 @@ pub fn inspect<S: Source + ?Sized>(src: &S) -> io::Result<Option<ElfFacts>> {
     };
     let mut version_sym: Option<(u16, u64, u64)> = None;
     let mut has_libversion = false;
+    let mut imports_sqlite = false;
     let sym_len = if l.is64 { 24 } else { 16 };
     for s in sections
         .iter()
@@ -223,12 +224,14 @@ pub fn inspect<S: Source + ?Sized>(src: &S) -> io::Result<Option<ElfFacts>> {
             else {
                 continue;
             };
-            if shndx == SHN_UNDEF {
-                continue; // a reference, not a definition
-            }
             let Some(name) = cstr_at(&strs, name_off as usize) else {
                 continue;
             };
+            if shndx == SHN_UNDEF {
+                // A reference, not a definition: the SQLite API comes from a library.
+                imports_sqlite |= name.starts_with(b"sqlite3_");
+                continue;
+            }
             match name {
                 b"sqlite3_libversion" | b"sqlite3_sourceid" => has_libversion = true,
                 b"sqlite3_version" => version_sym = Some((shndx, value, size)),
@@ -259,8 +262,11 @@ pub fn inspect<S: Source + ?Sized>(src: &S) -> io::Result<Option<ElfFacts>> {
         }
         facts.sqlite = Some(lib);
     }
-    if facts.sqlite.is_none() || facts.sqlite.as_ref().is_some_and(|l| l.version.is_none()) {
+    let undefined = facts.sqlite.is_none() && !imports_sqlite;
+    if undefined || facts.sqlite.as_ref().is_some_and(|l| l.version.is_none()) {
         // Stripped (or a version symbol we could not read): look at the read-only data.
+        // A program that imports the SQLite API (the `sqlite3` shell) carries the same
+        // strings for its own checks but uses the library's SQLite, not one of its own.
         let mut magic = false;
         let mut source_id = None;
         for s in sections.iter().filter(|s| {
@@ -514,6 +520,14 @@ mod tests {
             .expect("sqlite");
         assert_eq!(lib.version, None);
         assert!(lib.source_id.is_some_and(|s| s.starts_with("2026-01-09")));
+        // A program that imports SQLite's API from a library (the `sqlite3` shell holds
+        // the format string and the source id for its own checks) bundles none.
+        let f = tiny_elf(&[("sqlite3_open_v2", SHN_UNDEF, 0, 0)], ro);
+        assert!(inspect(f.as_slice())
+            .expect("inspect")
+            .expect("ELF")
+            .sqlite
+            .is_none());
         // The magic alone (a `file`-like tool) is not SQLite.
         let f = tiny_elf(&[], b"SQLite format 3\0");
         assert!(inspect(f.as_slice())

@@ -68,6 +68,8 @@ pub struct FileMap {
 #[derive(Debug, Clone)]
 pub struct MappedElf {
     pub path: String,
+    /// It is the process's executable (`/proc/PID/exe`), not a library it loaded.
+    pub main: bool,
     pub facts: Option<ElfFacts>,
     /// Why it could not be read.
     pub error: Option<String>,
@@ -79,6 +81,8 @@ pub struct Proc {
     pub uid: Option<u32>,
     pub comm: String,
     pub cmdline: String,
+    /// `/proc/PID/exe` (the executable's path as the process sees it), when readable.
+    pub exe: Option<String>,
     pub fds: Vec<OpenFd>,
     pub maps: Vec<FileMap>,
     pub elfs: Vec<MappedElf>,
@@ -87,11 +91,6 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// A short label: `4711 (gateway)`.
-    pub fn label(&self) -> String {
-        format!("{} ({})", self.pid, self.comm)
-    }
-
     pub fn sqlite_libs(&self) -> Vec<&MappedElf> {
         self.elfs
             .iter()
@@ -109,6 +108,24 @@ impl Proc {
                         .is_some_and(|n| n.to_string_lossy().starts_with("libwalguard"))
             })
             .collect()
+    }
+
+    /// A Python interpreter: the executable is `python*`, or it maps `libpython*`
+    /// (an interpreter embedded in uwsgi, a game, an editor...).
+    pub fn is_python(&self) -> bool {
+        let base = |p: &str| {
+            Path::new(p.strip_suffix(" (deleted)").unwrap_or(p))
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        self.exe
+            .as_deref()
+            .is_some_and(|e| base(e).starts_with("python"))
+            || self.elfs.iter().any(|e| {
+                let b = base(&e.path);
+                b.starts_with("libpython") || (e.main && b.starts_with("python"))
+            })
     }
 
     pub fn has_open(&self, role: Role) -> bool {
@@ -399,6 +416,9 @@ fn inspect_process(pid: i32, fds: Vec<OpenFd>, targets: &[Target], cache: &mut E
         uid: uid_of(pid),
         comm: comm_of(pid),
         cmdline: cmdline_of(pid),
+        exe: fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|l| l.to_string_lossy().into_owned()),
         fds,
         maps: Vec::new(),
         elfs: Vec::new(),
@@ -411,6 +431,11 @@ fn inspect_process(pid: i32, fds: Vec<OpenFd>, targets: &[Target], cache: &mut E
             return p;
         }
     };
+    // The executable's identity: a stat through the `exe` link names its inode (also
+    // when it was deleted or lives in another mount namespace).
+    let exe_id = fs::metadata(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|m| (sys::dev_major(m.dev()), sys::dev_minor(m.dev()), m.ino()));
     let mut seen_elf: Vec<(u32, u32, u64)> = Vec::new();
     for m in &maps {
         if m.ino == 0 || !m.path.starts_with('/') {
@@ -455,7 +480,12 @@ fn inspect_process(pid: i32, fds: Vec<OpenFd>, targets: &[Target], cache: &mut E
         } else {
             m.path.clone()
         };
-        p.elfs.push(MappedElf { path, facts, error });
+        p.elfs.push(MappedElf {
+            path,
+            main: exe_id == Some(key),
+            facts,
+            error,
+        });
     }
     p
 }
@@ -561,6 +591,17 @@ mod tests {
         assert!(p.fds[0].current && !p.fds[0].stale());
         assert_eq!(p.fds[0].access(), "read-only");
         assert!(p.cmdline.contains("exec 7<"));
+        // Its executable is told apart from the libraries it maps.
+        let exe = p.exe.as_deref().unwrap_or_default();
+        assert!(exe.ends_with("sh"), "{exe}");
+        let mains: Vec<&str> = p
+            .elfs
+            .iter()
+            .filter(|e| e.main)
+            .map(|e| e.path.as_str())
+            .collect();
+        assert_eq!(mains, vec![exe], "{:?}", p.elfs);
+        assert!(!p.is_python());
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }

@@ -6,7 +6,7 @@ use crate::files::{self, FileInfo, FileState, FsInfo, Meta, Role};
 use crate::header::{self, DbHeader, HeaderError};
 use crate::holders::{self, Scan, Target};
 use crate::journal::Journal;
-use crate::locks::{self, KernelLock, Kind};
+use crate::locks::{self, Build, KernelLock, Kind};
 use crate::shm::{self, Shm};
 use crate::sys;
 use crate::wal::{self, WalScan};
@@ -98,6 +98,12 @@ impl Inspection {
             HeaderState::Ok(h) => Some(h),
             _ => None,
         }
+    }
+
+    /// The header says WAL mode.
+    pub fn wal_mode(&self) -> bool {
+        self.db_header()
+            .is_some_and(|h| h.journal_mode() == header::JournalMode::Wal)
     }
 
     /// Locks on the current (not stale) file of `role`.
@@ -342,15 +348,17 @@ fn read_all_wal(path: &Path, size: u64) -> io::Result<WalScan> {
     wal::scan(BufReader::with_capacity(1 << 20, f), size)
 }
 
-/// Reads the `-shm` header plus the page-number entries up to its mxFrame.
+/// Reads the `-shm` header plus the page-number entries up to its mxFrame. What the file
+/// claims (mxFrame) never sizes the read beyond the file itself.
 fn read_shm(path: &Path) -> io::Result<ShmState> {
     let f = sys::open_read(path)?;
     let size = f.metadata()?.len();
     let head = sys::read_at_most(&f, 0, shm::HEADER_LEN)?;
     let parsed = Shm::parse(&head, size);
-    let want = parsed
-        .as_ref()
-        .map_or(0, |s| shm::bytes_for_frames(s.copy1.mx_frame.min(1 << 22)));
+    let want = parsed.as_ref().map_or(0, |s| {
+        shm::bytes_for_frames(s.copy1.mx_frame.min(1 << 22))
+            .min(usize::try_from(size).unwrap_or(usize::MAX))
+    });
     let bytes = if want > head.len() {
         sys::read_at_most(&f, 0, want)?
     } else {
@@ -360,8 +368,26 @@ fn read_shm(path: &Path) -> io::Result<ShmState> {
     Ok(ShmState { parsed, bytes })
 }
 
-/// Inspects the database named by `arg`.
+/// Inspects the database named by `arg`: its files, then who holds them.
 pub fn inspect(arg: &str) -> Result<Inspection, Fatal> {
+    let mut ins = inspect_files(arg)?;
+    let targets: Vec<Target> = ins
+        .files
+        .iter()
+        .map(|f| Target {
+            role: f.role,
+            path: f.path.clone(),
+            current: f.meta().map(|m| (m.dev, m.ino)),
+        })
+        .collect();
+    ins.holders = holders::scan(&targets);
+    read_locks(&mut ins);
+    Ok(ins)
+}
+
+/// The files of the database named by `arg`, read and parsed; `holders` and `locks`
+/// stay empty (`/proc` is not looked at).
+pub fn inspect_files(arg: &str) -> Result<Inspection, Fatal> {
     let db = resolve(arg)?;
     let files = files::survey(&db);
     let db_meta = match &files[0].state {
@@ -462,20 +488,34 @@ pub fn inspect(arg: &str) -> Result<Inspection, Fatal> {
             }
         }
     }
-    // The walguard lock file is only listed (size, owner); its content is empty.
+    // An earlier walguard build's lock file is only listed (size, owner); its content is
+    // empty.
+    Ok(ins)
+}
 
-    let targets: Vec<Target> = ins
-        .files
+/// Which walguard build the owners of a lock run: an earlier build holds its
+/// `<db>-walguard` lock file open for as long as it uses the database; the current build
+/// has none.
+fn owners_build(procs: &[holders::Proc], owners: &[i32]) -> Build {
+    let earlier: Vec<Option<bool>> = owners
         .iter()
-        .map(|f| Target {
-            role: f.role,
-            path: f.path.clone(),
-            current: f.meta().map(|m| (m.dev, m.ino)),
+        .map(|pid| {
+            procs
+                .iter()
+                .find(|p| p.pid == *pid)
+                .map(|p| p.has_open(Role::Walguard))
         })
         .collect();
-    ins.holders = holders::scan(&targets);
-    read_locks(&mut ins);
-    Ok(ins)
+    match earlier.first() {
+        Some(&Some(first)) if earlier.iter().all(|e| *e == Some(first)) => {
+            if first {
+                Build::Earlier
+            } else {
+                Build::Current
+            }
+        }
+        _ => Build::Unknown,
+    }
 }
 
 /// Reads `/proc/locks`, keeps the locks on the database's files (current inodes and the
@@ -606,8 +646,9 @@ fn read_locks(ins: &mut Inspection) {
             _ if lock.pid > 0 => vec![lock.pid as i32],
             _ => Vec::new(),
         };
-        let names = locks::short_names(role, &lock);
-        let meanings = locks::meaning(role, &lock);
+        let build = owners_build(&ins.holders.procs, &owners);
+        let names = locks::short_names(role, &lock, build);
+        let meanings = locks::meaning(role, &lock, build);
         ins.locks.push(DecodedLock {
             lock,
             role,

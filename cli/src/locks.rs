@@ -145,6 +145,28 @@ pub struct LockByte {
     pub read: &'static str,
     /// What a write (exclusive) lock on it means.
     pub write: &'static str,
+    /// What an earlier walguard build meant by an exclusive lock on the same byte, where
+    /// that differs (PENDING_BYTE + 512/513).
+    pub earlier: Option<EarlierUse>,
+}
+
+/// The earlier build's name and meaning of an exclusive lock on a byte.
+#[derive(Debug, Clone, Copy)]
+pub struct EarlierUse {
+    pub name: &'static str,
+    pub write: &'static str,
+}
+
+/// Which walguard build the owner of a lock runs. The current build has no
+/// `<db>-walguard` file; an earlier build holds it open for as long as it uses the
+/// database, and used PENDING_BYTE + 512/513 as mirrors of the WAL WRITE/CKPT locks.
+/// During a rolling upgrade both run side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    Current,
+    Earlier,
+    /// No visible owner, or owners of both builds: both meanings are given.
+    Unknown,
 }
 
 const PENDING: u64 = 0x4000_0000;
@@ -153,12 +175,22 @@ const PENDING: u64 = 0x4000_0000;
 ///
 /// - Database (os_unix.c): PENDING_BYTE 0x40000000, RESERVED_BYTE 0x40000001, SHARED range
 ///   0x40000002..+510. SHARED = read lock on the range; EXCLUSIVE = write lock on it.
+///   walguard mirrors SHARED as an OFD read lock on the same range, and uses two bytes
+///   past SQLite's range:
+///   - PENDING_BYTE + 513, **the gate**: a shared OFD lock held by every walguard process
+///     that maps the current WAL index (for as long as it maps it, or per write
+///     transaction and checkpoint when it runs no watcher thread); exclusive while a
+///     process sets up a new WAL index or tears it down at last close. An earlier build
+///     used this byte as its mirror of WAL CKPT (exclusive during its checkpoints and
+///     recoveries): that is why the two builds exclude each other.
+///   - PENDING_BYTE + 512: exclusive while the current build sets up a new WAL index; an
+///     earlier build's mirror of WAL WRITE (exclusive per write transaction).
 /// - `-shm` (wal.c/os_unix.c): WAL locks at 120 + i (WRITE, CKPT, RECOVER, READ-0..4),
-///   the dead-man switch (DMS) at 128.
-/// - `<db>-walguard` (walguard src/lock_file.rs, g2_wal_lifecycle.rs, g1_one_wal_index.rs):
-///   presence at 0, life-cycle at 1, mirrors of the WAL WRITE and CKPT locks at 120/121
-///   (used only where the database is read-only for the process; otherwise walguard
-///   mirrors them on the database itself at PENDING_BYTE + 512/513, past SQLite's range).
+///   the dead-man switch (DMS) at 128. SQLite's unix VFS takes them as POSIX locks; the
+///   current walguard serves the `-shm` of its connections itself and takes the same
+///   bytes as OFD locks on its own descriptor (the kind column tells them apart).
+/// - `<db>-walguard` (earlier builds only; the current build neither creates nor uses it):
+///   presence at 0, life-cycle at 1, mirrors of the WAL WRITE and CKPT locks at 120/121.
 pub const TABLE: &[LockByte] = &[
     LockByte {
         file: Role::Database,
@@ -167,6 +199,7 @@ pub const TABLE: &[LockByte] = &[
         name: "PENDING",
         read: "taking SHARED (held for an instant)",
         write: "PENDING: a writer waits for readers to leave so it can take EXCLUSIVE",
+        earlier: None,
     },
     LockByte {
         file: Role::Database,
@@ -175,6 +208,7 @@ pub const TABLE: &[LockByte] = &[
         name: "RESERVED",
         read: "RESERVED byte read-locked (not done by SQLite)",
         write: "RESERVED: a rollback-mode write transaction is open",
+        earlier: None,
     },
     LockByte {
         file: Role::Database,
@@ -183,6 +217,31 @@ pub const TABLE: &[LockByte] = &[
         name: "SHARED",
         read: "SHARED: a connection is open on it (WAL mode) or reading (rollback mode)",
         write: "EXCLUSIVE: writing the database file (rollback commit, last-close checkpoint, or locking_mode=EXCLUSIVE)",
+        earlier: None,
+    },
+    LockByte {
+        file: Role::Database,
+        start: PENDING + 512,
+        len: 1,
+        name: "walguard set-up",
+        read: "walguard byte PENDING+512 read-locked (not done by walguard)",
+        write: "walguard set-up: a walguard process sets up a new WAL index",
+        earlier: Some(EarlierUse {
+            name: "walguard WRITE mirror",
+            write: "walguard mirror of WAL WRITE on the database (earlier build): a walguard writer holds the write lock",
+        }),
+    },
+    LockByte {
+        file: Role::Database,
+        start: PENDING + 513,
+        len: 1,
+        name: "walguard gate",
+        read: "walguard gate (shared): this walguard process maps the current WAL index",
+        write: "walguard gate exclusive: a walguard process sets up a new WAL index or tears it down at last close",
+        earlier: Some(EarlierUse {
+            name: "walguard CKPT mirror",
+            write: "walguard mirror of WAL CKPT on the database (earlier build): a walguard checkpoint or recovery is running",
+        }),
     },
     LockByte {
         file: Role::Shm,
@@ -191,6 +250,7 @@ pub const TABLE: &[LockByte] = &[
         name: "WAL WRITE",
         read: "WAL WRITE byte read-locked (not done by SQLite)",
         write: "WAL WRITE: a write transaction is open",
+        earlier: None,
     },
     LockByte {
         file: Role::Shm,
@@ -199,6 +259,7 @@ pub const TABLE: &[LockByte] = &[
         name: "WAL CKPT",
         read: "WAL CKPT byte read-locked (not done by SQLite)",
         write: "WAL CKPT: a checkpoint is running",
+        earlier: None,
     },
     LockByte {
         file: Role::Shm,
@@ -207,6 +268,7 @@ pub const TABLE: &[LockByte] = &[
         name: "WAL RECOVER",
         read: "WAL RECOVER byte read-locked (not done by SQLite)",
         write: "WAL RECOVER: the wal-index is being rebuilt from the -wal",
+        earlier: None,
     },
     LockByte {
         file: Role::Shm,
@@ -215,6 +277,7 @@ pub const TABLE: &[LockByte] = &[
         name: "READ-0",
         read: "READ-0: a reader reads the database file only (WAL fully checkpointed)",
         write: "READ-0 exclusive: recovery or a WAL restart",
+        earlier: None,
     },
     LockByte {
         file: Role::Shm,
@@ -223,6 +286,7 @@ pub const TABLE: &[LockByte] = &[
         name: "READ-1",
         read: "READ-1: a read transaction uses read mark 1",
         write: "READ-1 exclusive: setting read mark 1, or a checkpoint waiting for readers",
+        earlier: None,
     },
     LockByte {
         file: Role::Shm,
@@ -231,6 +295,7 @@ pub const TABLE: &[LockByte] = &[
         name: "READ-2",
         read: "READ-2: a read transaction uses read mark 2",
         write: "READ-2 exclusive: setting read mark 2, or a checkpoint waiting for readers",
+        earlier: None,
     },
     LockByte {
         file: Role::Shm,
@@ -239,6 +304,7 @@ pub const TABLE: &[LockByte] = &[
         name: "READ-3",
         read: "READ-3: a read transaction uses read mark 3",
         write: "READ-3 exclusive: setting read mark 3, or a checkpoint waiting for readers",
+        earlier: None,
     },
     LockByte {
         file: Role::Shm,
@@ -247,6 +313,7 @@ pub const TABLE: &[LockByte] = &[
         name: "READ-4",
         read: "READ-4: a read transaction uses read mark 4",
         write: "READ-4 exclusive: setting read mark 4, or a checkpoint waiting for readers",
+        earlier: None,
     },
     LockByte {
         file: Role::Shm,
@@ -255,14 +322,16 @@ pub const TABLE: &[LockByte] = &[
         name: "DMS",
         read: "dead-man switch: this process maps the -shm",
         write: "dead-man switch exclusive: the first process is initialising the -shm",
+        earlier: None,
     },
     LockByte {
         file: Role::Walguard,
         start: 0,
         len: 1,
         name: "walguard presence",
-        read: "walguard presence: a walguard instance uses the WAL index (G1)",
-        write: "walguard presence probed exclusively (transient)",
+        read: "walguard presence (earlier build): a walguard instance uses the WAL index",
+        write: "walguard presence probed exclusively (earlier build; transient)",
+        earlier: None,
     },
     LockByte {
         file: Role::Walguard,
@@ -270,7 +339,8 @@ pub const TABLE: &[LockByte] = &[
         len: 1,
         name: "walguard life-cycle",
         read: "walguard life-cycle byte read-locked (not done by walguard)",
-        write: "walguard life-cycle: WAL set-up or tear-down in progress (G2)",
+        write: "walguard life-cycle (earlier build): WAL set-up or tear-down in progress",
+        earlier: None,
     },
     LockByte {
         file: Role::Walguard,
@@ -278,7 +348,8 @@ pub const TABLE: &[LockByte] = &[
         len: 1,
         name: "walguard WRITE mirror",
         read: "walguard WRITE mirror read-locked (not done by walguard)",
-        write: "walguard mirror of WAL WRITE: a walguard writer holds the write lock",
+        write: "walguard mirror of WAL WRITE (earlier build): a walguard writer holds the write lock",
+        earlier: None,
     },
     LockByte {
         file: Role::Walguard,
@@ -286,25 +357,25 @@ pub const TABLE: &[LockByte] = &[
         len: 1,
         name: "walguard CKPT mirror",
         read: "walguard CKPT mirror read-locked (not done by walguard)",
-        write: "walguard mirror of WAL CKPT: a walguard checkpoint is running",
-    },
-    LockByte {
-        file: Role::Database,
-        start: PENDING + 512,
-        len: 1,
-        name: "walguard WRITE mirror",
-        read: "walguard WRITE mirror read-locked (not done by walguard)",
-        write: "walguard mirror of WAL WRITE on the database: a walguard writer holds the write lock",
-    },
-    LockByte {
-        file: Role::Database,
-        start: PENDING + 513,
-        len: 1,
-        name: "walguard CKPT mirror",
-        read: "walguard CKPT mirror read-locked (not done by walguard)",
-        write: "walguard mirror of WAL CKPT on the database: a walguard checkpoint is running",
+        write: "walguard mirror of WAL CKPT (earlier build): a walguard checkpoint is running",
+        earlier: None,
     },
 ];
+
+impl LockByte {
+    /// The name and meaning of a lock on this byte held by a process of `build`.
+    fn text(&self, write: bool, build: Build) -> (String, String) {
+        let now = (self.name, if write { self.write } else { self.read });
+        match (self.earlier, write, build) {
+            (Some(e), true, Build::Earlier) => (e.name.to_owned(), e.write.to_owned()),
+            (Some(e), true, Build::Unknown) => (
+                format!("{}/{}", now.0, e.name),
+                format!("{}; or, from an earlier walguard build: {}", now.1, e.write),
+            ),
+            _ => (now.0.to_owned(), now.1.to_owned()),
+        }
+    }
+}
 
 /// The named bytes one kernel lock on `file` covers (the kernel merges adjacent locks of
 /// one owner, so one line can carry several, e.g. RESERVED + EXCLUSIVE).
@@ -325,7 +396,7 @@ pub fn byte(file: Role, name: &str) -> &'static LockByte {
 }
 
 /// One line of meaning for a lock: e.g. `SHARED: a connection is open on it`.
-pub fn meaning(file: Role, lock: &KernelLock) -> Vec<String> {
+pub fn meaning(file: Role, lock: &KernelLock, build: Build) -> Vec<String> {
     let bytes = decode(file, lock);
     if bytes.is_empty() {
         return vec![format!(
@@ -346,14 +417,13 @@ pub fn meaning(file: Role, lock: &KernelLock) -> Vec<String> {
             } else {
                 " (part of the range)"
             };
-            let m = if lock.write { b.write } else { b.read };
-            format!("{m}{partial}")
+            format!("{}{partial}", b.text(lock.write, build).1)
         })
         .collect()
 }
 
 /// Short names, e.g. `EXCLUSIVE` / `SHARED` / `WAL WRITE+CKPT`.
-pub fn short_names(file: Role, lock: &KernelLock) -> String {
+pub fn short_names(file: Role, lock: &KernelLock, build: Build) -> String {
     let bytes = decode(file, lock);
     if bytes.is_empty() {
         return lock.range_text();
@@ -364,7 +434,7 @@ pub fn short_names(file: Role, lock: &KernelLock) -> String {
             ("SHARED", true) => "EXCLUSIVE".to_owned(),
             ("DMS", true) => "DMS (exclusive)".to_owned(),
             ("PENDING", false) => "PENDING (read: taking SHARED)".to_owned(),
-            (n, _) => n.to_owned(),
+            _ => b.text(lock.write, build).0,
         })
         .collect::<Vec<_>>()
         .join("+")
@@ -426,44 +496,59 @@ mod tests {
     #[test]
     fn database_locks_decode_in_sqlite_terms() {
         let shared = lock(false, 0x4000_0002, 0x4000_0002 + 509);
-        assert_eq!(short_names(Role::Database, &shared), "SHARED");
+        assert_eq!(
+            short_names(Role::Database, &shared, Build::Current),
+            "SHARED"
+        );
         let excl = lock(true, 0x4000_0002, 0x4000_0002 + 509);
-        assert_eq!(short_names(Role::Database, &excl), "EXCLUSIVE");
+        assert_eq!(
+            short_names(Role::Database, &excl, Build::Current),
+            "EXCLUSIVE"
+        );
         // The kernel merges RESERVED and EXCLUSIVE of one process into one line.
         let merged = lock(true, 0x4000_0000, 0x4000_0002 + 509);
         assert_eq!(
-            short_names(Role::Database, &merged),
+            short_names(Role::Database, &merged, Build::Current),
             "PENDING+RESERVED+EXCLUSIVE"
         );
         let reserved = lock(true, 0x4000_0001, 0x4000_0001);
-        assert_eq!(short_names(Role::Database, &reserved), "RESERVED");
-        assert!(meaning(Role::Database, &reserved)[0].contains("write transaction"));
+        assert_eq!(
+            short_names(Role::Database, &reserved, Build::Current),
+            "RESERVED"
+        );
+        assert!(meaning(Role::Database, &reserved, Build::Current)[0].contains("write transaction"));
         let other = lock(true, 0, 10);
-        assert!(meaning(Role::Database, &other)[0].contains("not a byte"));
+        assert!(meaning(Role::Database, &other, Build::Current)[0].contains("not a byte"));
     }
 
     #[test]
     fn shm_and_walguard_locks_decode() {
         assert_eq!(
-            short_names(Role::Shm, &lock(true, 120, 121)),
+            short_names(Role::Shm, &lock(true, 120, 121), Build::Current),
             "WAL WRITE+WAL CKPT"
         );
-        assert_eq!(short_names(Role::Shm, &lock(false, 127, 128)), "READ-4+DMS");
-        assert_eq!(short_names(Role::Shm, &lock(false, 128, 128)), "DMS");
         assert_eq!(
-            short_names(Role::Shm, &lock(true, 128, 128)),
+            short_names(Role::Shm, &lock(false, 127, 128), Build::Current),
+            "READ-4+DMS"
+        );
+        assert_eq!(
+            short_names(Role::Shm, &lock(false, 128, 128), Build::Current),
+            "DMS"
+        );
+        assert_eq!(
+            short_names(Role::Shm, &lock(true, 128, 128), Build::Current),
             "DMS (exclusive)"
         );
         assert_eq!(
-            short_names(Role::Walguard, &lock(false, 0, 0)),
+            short_names(Role::Walguard, &lock(false, 0, 0), Build::Current),
             "walguard presence"
         );
         assert_eq!(
-            short_names(Role::Walguard, &lock(true, 1, 1)),
+            short_names(Role::Walguard, &lock(true, 1, 1), Build::Current),
             "walguard life-cycle"
         );
         assert_eq!(
-            short_names(Role::Walguard, &lock(true, 120, 121)),
+            short_names(Role::Walguard, &lock(true, 120, 121), Build::Current),
             "walguard WRITE mirror+walguard CKPT mirror"
         );
         // A whole-file lock covers all nine -shm lock bytes; a lock on part of the
@@ -472,11 +557,65 @@ mod tests {
             end: None,
             ..lock(true, 0, 0)
         };
-        assert_eq!(meaning(Role::Shm, &eof).len(), 9);
+        assert_eq!(meaning(Role::Shm, &eof, Build::Current).len(), 9);
         let part = lock(false, 0x4000_0010, 0x4000_0020);
-        assert!(meaning(Role::Database, &part)[0].contains("part of the range"));
+        assert!(meaning(Role::Database, &part, Build::Current)[0].contains("part of the range"));
         assert_eq!(byte(Role::Shm, "DMS").start, 128);
         assert_eq!(byte(Role::Database, "SHARED").len, 510);
         assert_eq!(byte(Role::Walguard, "walguard life-cycle").start, 1);
+    }
+
+    #[test]
+    fn the_gate_and_set_up_bytes_decode_for_both_builds() {
+        let gate = 0x4000_0201;
+        assert_eq!(byte(Role::Database, "walguard gate").start, gate);
+        assert_eq!(byte(Role::Database, "walguard set-up").start, gate - 1);
+        let shared = KernelLock {
+            kind: Kind::Ofd,
+            ..lock(false, gate, gate)
+        };
+        // Only the current build takes the gate shared, whoever the owner is.
+        for build in [Build::Current, Build::Earlier, Build::Unknown] {
+            assert_eq!(short_names(Role::Database, &shared, build), "walguard gate");
+            assert!(
+                meaning(Role::Database, &shared, build)[0].contains("maps the current WAL index")
+            );
+        }
+        let excl = lock(true, gate, gate);
+        assert_eq!(
+            short_names(Role::Database, &excl, Build::Current),
+            "walguard gate"
+        );
+        assert!(meaning(Role::Database, &excl, Build::Current)[0].contains("tears it down"));
+        assert_eq!(
+            short_names(Role::Database, &excl, Build::Earlier),
+            "walguard CKPT mirror"
+        );
+        assert!(meaning(Role::Database, &excl, Build::Earlier)[0].contains("checkpoint"));
+        let both = meaning(Role::Database, &excl, Build::Unknown);
+        assert!(both[0].contains("tears it down") && both[0].contains("earlier walguard build"));
+        assert_eq!(
+            short_names(Role::Database, &excl, Build::Unknown),
+            "walguard gate/walguard CKPT mirror"
+        );
+        // The earlier build's WRITE mirror and the current build's set-up, merged with
+        // the gate in one kernel line (one owner holding both exclusively).
+        let set_up = lock(true, gate - 1, gate);
+        assert_eq!(
+            short_names(Role::Database, &set_up, Build::Current),
+            "walguard set-up+walguard gate"
+        );
+        assert_eq!(
+            short_names(Role::Database, &set_up, Build::Earlier),
+            "walguard WRITE mirror+walguard CKPT mirror"
+        );
+        // SQLite's SHARED range does not reach the walguard bytes.
+        let shared_range = lock(false, 0x4000_0002, 0x4000_0002 + 509);
+        assert_eq!(decode(Role::Database, &shared_range).len(), 1);
+        // The earlier build's lock file rows say whose they are.
+        assert!(
+            meaning(Role::Walguard, &lock(false, 0, 0), Build::Unknown)[0]
+                .contains("earlier build")
+        );
     }
 }

@@ -21,6 +21,9 @@ mod sys;
 mod verdict;
 mod wal;
 
+#[cfg(test)]
+mod fuzz;
+
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -4,7 +4,7 @@ use crate::files::{FileState, Role};
 use crate::header;
 use crate::inspect::{Fatal, HeaderState, Inspection};
 use crate::json::J;
-use crate::locks::Kind;
+use crate::locks::{Build, Kind};
 use crate::shm::READMARK_NOT_USED;
 use crate::sys;
 use crate::verdict::{self, plural, shorten, Verdict};
@@ -84,14 +84,18 @@ pub fn text(ins: &Inspection, v: &Verdict) -> String {
                     .map_or(String::new(), |t| format!(" -> {}", t.display()));
                 let _ = writeln!(
                     s,
-                    "  {:<10} {name}{link}: {} bytes, inode {}, mode {}, {}:{}, modified {}",
+                    "  {:<10} {name}{link}: {} bytes, inode {}, mode {}, {}:{}, modified {}{}",
                     f.role.label(),
                     m.size,
                     m.ino,
                     m.perms(),
                     user(m.uid),
                     group(m.gid),
-                    sys::utc(m.mtime)
+                    sys::utc(m.mtime),
+                    match walguard_file_note(ins, f.role) {
+                        Some(n) => format!(" — {n}"),
+                        None => String::new(),
+                    }
                 );
             }
         }
@@ -310,11 +314,11 @@ pub fn text(ins: &Inspection, v: &Verdict) -> String {
             p.pid,
             p.uid.map_or("?".to_owned(), user),
             shorten(
-                if p.cmdline.is_empty() {
+                &verdict::one_line(if p.cmdline.is_empty() {
                     &p.comm
                 } else {
                     &p.cmdline
-                },
+                }),
                 120
             )
         );
@@ -386,12 +390,28 @@ pub fn text(ins: &Inspection, v: &Verdict) -> String {
                 }
             );
         }
-        let wg = if verdict::walguard_active(ins, p) {
-            "active on this database".to_owned()
-        } else if !p.walguard_linked().is_empty() {
-            "linked in, but not used for this database".to_owned()
-        } else {
-            "no".to_owned()
+        let wg = match verdict::walguard_build(ins, p) {
+            Some(Build::Earlier) => format!(
+                "active on this database (an earlier build: it uses {})",
+                Role::Walguard
+                    .path_for(&ins.db)
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+            ),
+            Some(_) => "active on this database".to_owned(),
+            None => {
+                let base = if p.walguard_linked().is_empty() {
+                    "no"
+                } else {
+                    "linked in, but not used for this database"
+                };
+                match verdict::reach(ins, p) {
+                    Some(r) if r != verdict::Reach::LinkedUnused => {
+                        format!("{base} ({})", r.what())
+                    }
+                    _ => base.to_owned(),
+                }
+            }
         };
         let _ = writeln!(s, "      walguard: {wg}");
         for e in p.elfs.iter().filter(|e| e.error.is_some()) {
@@ -408,7 +428,10 @@ pub fn text(ins: &Inspection, v: &Verdict) -> String {
             s,
             "  {pid} [{}] {} (holds locks; its open files could not be seen)",
             uid.map_or("?".to_owned(), user),
-            shorten(if cmd.is_empty() { comm } else { cmd }, 120)
+            shorten(
+                &verdict::one_line(if cmd.is_empty() { comm } else { cmd }),
+                120
+            )
         );
     }
 
@@ -456,6 +479,22 @@ fn join_pids(p: &[i32]) -> String {
         .map(|x| x.to_string())
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// What the `<db>-walguard` file is to the current build (nothing) and to an earlier one.
+fn walguard_file_note(ins: &Inspection, role: Role) -> Option<String> {
+    if role != Role::Walguard {
+        return None;
+    }
+    let users = verdict::earlier_build_users(ins);
+    Some(if users.is_empty() {
+        "left by an earlier walguard build, unused by this one".to_owned()
+    } else {
+        format!(
+            "the lock file of an earlier walguard build, in use by process {} (the current build has none)",
+            join_pids(&users)
+        )
+    })
 }
 
 /// The message for a database that could not be inspected at all.
@@ -510,6 +549,9 @@ pub fn json(ins: &Inspection, v: &Verdict) -> J {
                     }
                     FileState::Present(m) => {
                         o.push(("exists".into(), J::Bool(true)));
+                        if let Some(n) = walguard_file_note(ins, f.role) {
+                            o.push(("note".into(), J::str(n)));
+                        }
                         o.push(("size".into(), J::num(m.size)));
                         o.push(("inode".into(), J::num(m.ino)));
                         o.push((
@@ -734,6 +776,19 @@ pub fn json(ins: &Inspection, v: &Verdict) -> J {
                         } else {
                             "no"
                         }),
+                    ),
+                    (
+                        "walguard_build",
+                        J::opt(verdict::walguard_build(ins, p), |b| {
+                            J::str(match b {
+                                Build::Earlier => "earlier",
+                                _ => "current",
+                            })
+                        }),
+                    ),
+                    (
+                        "guard_with",
+                        J::opt(verdict::reach(ins, p), |r| J::str(r.code())),
                     ),
                     ("maps_error", J::opt(p.maps_error.clone(), J::Str)),
                 ])

@@ -11,7 +11,7 @@ use crate::files::{self, FsClass, Role};
 use crate::header::JournalMode;
 use crate::holders::Proc;
 use crate::inspect::{HeaderState, Inspection};
-use crate::locks::Kind;
+use crate::locks::{Build, Kind};
 use crate::shm;
 use std::collections::BTreeMap;
 
@@ -104,7 +104,14 @@ pub fn short_command(comm: &str, cmdline: &str) -> String {
         return comm.to_owned();
     }
     let base = prog.rsplit('/').next().unwrap_or(prog);
-    shorten(format!("{base} {rest}").trim_end(), 80)
+    shorten(one_line(&format!("{base} {rest}")).trim_end(), 80)
+}
+
+/// A command line on one line of text (a `python3 -c` script spans several).
+pub fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 pub fn shorten(s: &str, n: usize) -> String {
@@ -138,9 +145,7 @@ pub fn judge(ins: &Inspection) -> Verdict {
     let mut consistency = Vec::new();
     let mut checkpoint = Vec::new();
     let live = ins.shm_live();
-    let wal_mode = ins
-        .db_header()
-        .is_some_and(|h| h.journal_mode() == JournalMode::Wal);
+    let wal_mode = ins.wal_mode();
 
     header_findings(ins, &mut out);
     wal_findings(ins, live, &mut out);
@@ -296,6 +301,9 @@ fn torn_extend(ins: &Inspection, claimed: u64, file_pages: u64, out: &mut Out) {
     let latest = wal
         .and_then(|w| w.last_commit())
         .map_or(claimed, |c| u64::from(c.db_pages).min(claimed));
+    // Both counts come from the files and may be anything up to 2^32 pages: neither
+    // sizes an allocation or a loop. The set holds what the -wal really contains, and the
+    // missing pages are only walked when there are no more of them than it holds.
     let committed: std::collections::HashSet<u32> = wal
         .map(|w| {
             w.pages[..w.last_commit_frame() as usize]
@@ -304,8 +312,11 @@ fn torn_extend(ins: &Inspection, claimed: u64, file_pages: u64, out: &mut Out) {
                 .collect()
         })
         .unwrap_or_default();
-    let missing: Vec<u64> = (file_pages + 1..=latest).collect();
-    let covered = wal.is_some() && missing.iter().all(|p| committed.contains(&(*p as u32)));
+    let missing = latest.saturating_sub(file_pages);
+    let covered = wal.is_some()
+        && missing <= committed.len() as u64
+        && (file_pages + 1..=latest)
+            .all(|p| u32::try_from(p).is_ok_and(|p| committed.contains(&p)));
     if covered {
         out.add(
             Severity::Warning,
@@ -415,9 +426,11 @@ fn wal_findings(ins: &Inspection, live: bool, out: &mut Out) {
                 } else {
                     let later = if w.later_frames_with_salts > 0 {
                         format!(
-                            "; {} later frames still carry this WAL's salts ({} claim a commit) \
-                             and will never be read",
-                            w.later_frames_with_salts, w.later_commits_with_salts
+                            "; {}{} later frames still carry this WAL's salts ({} claim a \
+                             commit) and will never be read",
+                            if w.later_cut { "at least " } else { "" },
+                            w.later_frames_with_salts,
+                            w.later_commits_with_salts
                         )
                     } else {
                         String::new()
@@ -771,7 +784,8 @@ fn file_findings(ins: &Inspection, wal_mode: bool, out: &mut Out) {
                 "remove it while no process has the database open",
             );
         }
-        if f.role != Role::Database && m.uid != db.uid {
+        let leftover = f.role == Role::Walguard && earlier_build_users(ins).is_empty();
+        if f.role != Role::Database && m.uid != db.uid && !leftover {
             let u = |uid| crate::sys::user_name(uid).unwrap_or_else(|| uid.to_string());
             out.add(
                 Severity::Warning,
@@ -1073,31 +1087,9 @@ fn holder_findings(ins: &Inspection, wal_mode: bool, out: &mut Out) {
         );
     }
 
-    // ---- walguard -------------------------------------------------------------------
-    let active: Vec<&Proc> = procs.iter().filter(|p| walguard_active(ins, p)).collect();
-    if !active.is_empty() {
-        let without: Vec<&Proc> = procs
-            .iter()
-            .filter(|p| {
-                !walguard_active(ins, p) && (p.has_open(Role::Database) || p.maps_role(Role::Shm))
-            })
-            .collect();
-        if !without.is_empty() {
-            let names: Vec<String> = without.iter().map(|p| p.label()).collect();
-            out.add(
-                Severity::Note,
-                "walguard-partial",
-                without.iter().map(|p| p.pid).collect(),
-                format!(
-                    "walguard is active in {} of {} processes; not in {}: a stray close() there is not guarded",
-                    active.len(),
-                    active.len() + without.len(),
-                    names.join(", ")
-                ),
-                "load walguard in every program that opens the database",
-            );
-        }
-    }
+    // ---- walguard: who is guarded, who is not, and how to guard each ----------------
+    unguarded_findings(ins, out);
+    earlier_build_findings(ins, out);
 
     // ---- what could not be seen ------------------------------------------------------
     if let Some(e) = &ins.holders.error {
@@ -1226,14 +1218,228 @@ fn holder_findings(ins: &Inspection, wal_mode: bool, out: &mut Out) {
     }
 }
 
-/// walguard is in use for this database in `p`: it holds the `-walguard` lock file open,
-/// or a lock on it.
-pub fn walguard_active(ins: &Inspection, p: &Proc) -> bool {
-    p.has_open(Role::Walguard)
+/// Which walguard build guards this database in `p`, if any: an earlier build holds the
+/// `<db>-walguard` lock file open (or a lock on it); the current build has no such file
+/// and shows itself by its open-file-description locks on the database or the `-shm`
+/// (SQLite's unix VFS takes only POSIX locks; walguard's mirrors, its gate and its WAL
+/// locks are OFD locks). A current-build process that holds no lock at this moment (a
+/// rollback-mode connection between transactions) cannot be told from an unguarded one.
+pub fn walguard_build(ins: &Inspection, p: &Proc) -> Option<Build> {
+    let on_lock_file = p.has_open(Role::Walguard)
         || ins
             .locks
             .iter()
-            .any(|l| l.role == Role::Walguard && l.owners.contains(&p.pid))
+            .any(|l| l.role == Role::Walguard && l.owners.contains(&p.pid));
+    if on_lock_file {
+        return Some(Build::Earlier);
+    }
+    let ofd_role = |r: Role| matches!(r, Role::Database | Role::Shm);
+    let ofd = ins
+        .locks
+        .iter()
+        .any(|l| l.lock.kind == Kind::Ofd && ofd_role(l.role) && l.owners.contains(&p.pid))
+        || p.fds
+            .iter()
+            .any(|f| ofd_role(f.role) && f.locks.iter().any(|l| l.kind == Kind::Ofd && !l.blocked));
+    ofd.then_some(Build::Current)
+}
+
+/// walguard guards this database in `p` (either build).
+pub fn walguard_active(ins: &Inspection, p: &Proc) -> bool {
+    walguard_build(ins, p).is_some()
+}
+
+/// How a process that uses the database without walguard can be guarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// A Python interpreter: `WALGUARD_AUTO=1` (the package installed) or `walguard.install()`.
+    Python,
+    /// walguard is linked into the program, but this database is opened through another VFS.
+    LinkedUnused,
+    /// It uses a shared libsqlite3 (path): `walguard exec -- CMD` registers walguard in it.
+    SharedLibrary(String),
+    /// Its SQLite is linked into the executable or bundled into another library (path):
+    /// nothing from outside the program reaches it.
+    Static(String),
+    /// Its SQLite could not be found (mappings unreadable, or stripped beyond recognition).
+    Unknown,
+}
+
+impl Reach {
+    /// A stable name for monitoring.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reach::Python => "python",
+            Reach::LinkedUnused => "linked-unused",
+            Reach::SharedLibrary(_) => "walguard-exec",
+            Reach::Static(_) => "static",
+            Reach::Unknown => "unknown",
+        }
+    }
+
+    /// What the process is, in a few words.
+    pub fn what(&self) -> String {
+        match self {
+            Reach::Python => "a Python interpreter".to_owned(),
+            Reach::LinkedUnused => "walguard linked in, not used for this database".to_owned(),
+            Reach::SharedLibrary(l) => format!("uses the shared {l}"),
+            Reach::Static(l) => format!("SQLite linked into {l}"),
+            Reach::Unknown => "its SQLite library was not found".to_owned(),
+        }
+    }
+}
+
+/// Whether `p` uses this database through a SQLite that walguard does not guard, and how
+/// it could be guarded. None: guarded, not a SQLite user of the database (a copy or
+/// backup tool holding the file, with no SQLite mapped and no SQLite lock), or not
+/// judgeable (a program with walguard linked in that holds no lock on the database or
+/// the `-shm` at this moment shows nothing either way).
+pub fn reach(ins: &Inspection, p: &Proc) -> Option<Reach> {
+    if walguard_active(ins, p) || !(p.has_open(Role::Database) || p.maps_role(Role::Shm)) {
+        return None;
+    }
+    let libs = p.sqlite_libs();
+    let locks_sqlite_bytes = [Role::Database, Role::Shm].into_iter().any(|r| {
+        ins.locks_on(r).any(|l| l.owners.contains(&p.pid))
+            || p.fds
+                .iter()
+                .any(|f| f.role == r && f.locks.iter().any(|l| !l.blocked))
+    }) || p.maps_role(Role::Shm);
+    let linked = !p.walguard_linked().is_empty();
+    if p.maps_error.is_none() && libs.is_empty() && !linked && !locks_sqlite_bytes {
+        return None;
+    }
+    if linked && !locks_sqlite_bytes {
+        // walguard is in the process, and no lock says whether this database goes
+        // through it (rollback mode between transactions, a connection that has not read
+        // yet): judge only what the lock table proves.
+        return None;
+    }
+    if p.is_python() {
+        return Some(Reach::Python);
+    }
+    if linked {
+        return Some(Reach::LinkedUnused);
+    }
+    let base = |path: &str| path.rsplit('/').next().unwrap_or(path).to_owned();
+    if let Some(l) = libs
+        .iter()
+        .find(|l| !l.main && base(&l.path).starts_with("libsqlite3"))
+    {
+        return Some(Reach::SharedLibrary(l.path.clone()));
+    }
+    match libs.first() {
+        Some(l) => Some(Reach::Static(l.path.clone())),
+        None => Some(Reach::Unknown),
+    }
+}
+
+/// What to do for one unguarded process.
+fn remedy(p: &Proc, r: &Reach) -> String {
+    let who = who(p);
+    let cmd = if p.cmdline.is_empty() {
+        p.comm.clone()
+    } else {
+        shorten(&one_line(&p.cmdline), 160)
+    };
+    match r {
+        Reach::Python => format!(
+            "{who}: set WALGUARD_AUTO=1 in its environment and restart it (the walguard \
+             package must be installed for that interpreter: {} -m pip install walguard), or \
+             call walguard.install() before its first connection",
+            p.exe.as_deref().unwrap_or("python3")
+        ),
+        Reach::LinkedUnused => format!(
+            "{who}: walguard is linked in but this database is opened through another VFS: \
+             make walguard the default VFS (walguard::register with the default options, or \
+             load libwalguard.so once) or open the database with ?vfs=walguard"
+        ),
+        Reach::SharedLibrary(_) => format!(
+            "{who}: restart it as `walguard exec -- {cmd}` (a systemd service: prefix its \
+             ExecStart= command with `walguard exec --`)"
+        ),
+        Reach::Static(l) => format!(
+            "{who}: its SQLite is linked into {l}, so neither `walguard exec` nor \
+             WALGUARD_AUTO can reach it; nothing from outside guards it — only a change to \
+             the program does (load libwalguard.so as an extension, or walguard::register in \
+             Rust), or keep it away from the shared database"
+        ),
+        Reach::Unknown => format!(
+            "{who}: its SQLite library was not found (run the doctor as root to read its \
+             mappings); guard it by how it links SQLite: `walguard exec` for a shared \
+             libsqlite3, WALGUARD_AUTO=1 for Python"
+        ),
+    }
+}
+
+/// Processes that use the database without walguard while others use it with walguard.
+fn unguarded_findings(ins: &Inspection, out: &mut Out) {
+    let procs = &ins.holders.procs;
+    let guarded = procs.iter().filter(|p| walguard_active(ins, p)).count();
+    if guarded == 0 {
+        return;
+    }
+    let unguarded: Vec<(&Proc, Reach)> = procs
+        .iter()
+        .filter_map(|p| reach(ins, p).map(|r| (p, r)))
+        .collect();
+    if unguarded.is_empty() {
+        return;
+    }
+    let names: Vec<String> = unguarded
+        .iter()
+        .map(|(p, r)| format!("{} [{}]", who(p), r.what()))
+        .collect();
+    let actions: Vec<String> = unguarded.iter().map(|(p, r)| remedy(p, r)).collect();
+    out.add(
+        Severity::Warning,
+        "unguarded-processes",
+        unguarded.iter().map(|(p, _)| p.pid).collect(),
+        format!(
+            "walguard guards {guarded} of the {} processes that use the database; not {}: \
+             their locks are plain POSIX locks, which a stray close() in them drops (a header \
+             peek, a second SQLite library), and then even a guarded process can take them \
+             for gone and delete the -wal and -shm under them",
+            guarded + unguarded.len(),
+            names.join(", ")
+        ),
+        &actions.join("; "),
+    );
+}
+
+/// An earlier walguard build's lock file: in use by processes of that build, or left
+/// behind.
+fn earlier_build_findings(ins: &Inspection, out: &mut Out) {
+    let Some(f) = ins.files.iter().find(|f| f.role == Role::Walguard) else {
+        return;
+    };
+    if f.meta().is_none() {
+        return;
+    }
+    let users = earlier_build_users(ins);
+    if users.is_empty() {
+        out.add(
+            Severity::Note,
+            "walguard-file-left",
+            vec![],
+            format!(
+                "{} was left by an earlier walguard build, unused by this one (no process \
+                 holds it; the current build neither creates nor reads it)",
+                f.path.display()
+            ),
+            "nothing to do; it may be removed once no process runs an earlier walguard build",
+        );
+    }
+}
+
+/// Processes of an earlier walguard build: they hold `<db>-walguard` open or locked.
+pub fn earlier_build_users(ins: &Inspection) -> Vec<i32> {
+    ins.holders
+        .procs
+        .iter()
+        .filter(|p| walguard_build(ins, p) == Some(Build::Earlier))
+        .map(|p| p.pid)
+        .collect()
 }
 
 pub fn lib_text(l: &crate::holders::MappedElf) -> String {

@@ -181,7 +181,13 @@ pub struct WalScan {
     /// SQLite will never read), and how many of them claim a commit.
     pub later_frames_with_salts: u32,
     pub later_commits_with_salts: u32,
+    /// Only the first [`LATER_FRAMES_LOOKED_AT`] frames after the first invalid one were
+    /// read (a huge or sparse file: SQLite itself never reads past the first invalid one).
+    pub later_cut: bool,
 }
+
+/// How many frames after the first invalid one are read for the report.
+pub const LATER_FRAMES_LOOKED_AT: u64 = 1 << 16;
 
 impl WalScan {
     pub fn last_commit(&self) -> Option<Commit> {
@@ -250,7 +256,11 @@ pub fn scan<R: Read>(mut r: R, file_size: u64) -> io::Result<WalScan> {
         let pgno = be32(&buf, 0);
         let db_size = be32(&buf, 4);
         let salt = (be32(&buf, 8), be32(&buf, 12));
-        if out.first_invalid.is_some() {
+        if let Some((bad, _)) = &out.first_invalid {
+            if i >= u64::from(*bad) + LATER_FRAMES_LOOKED_AT {
+                out.later_cut = true;
+                break;
+            }
             if salt == h.salt {
                 out.later_frames_with_salts += 1;
                 out.later_commits_with_salts += u32::from(db_size != 0);
@@ -478,6 +488,29 @@ mod tests {
         let s = scan_bytes(&w.bytes[..20]);
         assert!(s.header.is_none());
         assert!(!s.usable());
+    }
+
+    #[test]
+    fn a_huge_file_is_not_read_past_the_first_invalid_frame_and_a_bit() {
+        // A -wal that says it is a terabyte (a sparse file): one valid frame, then zeros.
+        let mut w = WalBuilder::new(false, 512, (1, 2));
+        w.frame(1, 1, 0);
+        let size = 1u64 << 40;
+        let r = io::Read::chain(&w.bytes[..], io::repeat(0));
+        let s = scan(r, size).expect("scan");
+        assert_eq!(s.valid_frames, 1);
+        assert!(matches!(
+            s.first_invalid,
+            Some((2, FrameProblem::SaltMismatch { .. }))
+        ));
+        assert!(s.later_cut);
+        assert!(s.frames_in_file > 1 << 30);
+        // A file that ends on its own is read to the end.
+        let mut w = WalBuilder::new(false, 512, (1, 2));
+        w.frame(1, 1, 0).frame(2, 2, 0);
+        let off = w.frame_offset(1) + 30;
+        w.bytes[off] ^= 1;
+        assert!(!scan_bytes(&w.bytes).later_cut);
     }
 
     #[test]

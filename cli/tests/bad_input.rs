@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         directory,
         not_a_sqlite_file,
         truncated_file,
+        header_claims_four_billion_pages,
         empty_file_is_an_empty_database,
         file_without_permission,
         directory_without_permission,
@@ -155,6 +156,110 @@ fn truncated_file() {
     bad(dir.path(), &p, None, 2, &["truncated", "50 bytes"]);
     let r = doctor(&["doctor", "--json", &s(&p)]).json();
     assert_eq!(r["findings"].items()[0]["code"].text(), "truncated");
+}
+
+/// SQLite's WAL checksum (wal.c walChecksumBytes), restated here so the test does not
+/// trust the code it tests: 32-bit words in the byte order the magic's low bit names.
+fn wal_checksum(big_endian: bool, data: &[u8], seed: (u32, u32)) -> (u32, u32) {
+    let (mut s1, mut s2) = seed;
+    for pair in data.chunks_exact(8) {
+        let w = |b: &[u8]| {
+            let a = [b[0], b[1], b[2], b[3]];
+            if big_endian {
+                u32::from_be_bytes(a)
+            } else {
+                u32::from_le_bytes(a)
+            }
+        };
+        s1 = s1.wrapping_add(w(&pair[..4])).wrapping_add(s2);
+        s2 = s2.wrapping_add(w(&pair[4..])).wrapping_add(s1);
+    }
+    (s1, s2)
+}
+
+/// A one-page database whose header claims 4,127,195,137 pages (trusted: the change
+/// counter equals version-valid-for). The doctor once collected every missing page
+/// number (33 GB) and aborted; it must say "torn extend", exit 2, and stay small (the
+/// tests run it under a 1 GiB address-space limit). Then the same with a -wal whose
+/// last commit claims as many pages, checksums intact.
+fn header_claims_four_billion_pages() {
+    const CLAIM: u32 = 4_127_195_137;
+    let dir = common::tempdir();
+    let p = dir.path().join("app.db");
+    {
+        let c = rusqlite::Connection::open(&p).expect("open");
+        c.execute_batch("PRAGMA page_size=4096; PRAGMA user_version=7;")
+            .expect("write one page");
+    }
+    let mut b = fs::read(&p).expect("read");
+    assert_eq!(b.len(), 4096, "one page");
+    assert_eq!(b[24..28], b[92..96], "the in-header size is trusted");
+    b[28..32].copy_from_slice(&CLAIM.to_be_bytes());
+    fs::write(&p, &b).expect("write");
+    bad(
+        dir.path(),
+        &p,
+        None,
+        2,
+        &["torn extend", "counts 4127195137 pages", "holds only 1"],
+    );
+    let r = doctor(&["doctor", "--json", &s(&p)]).json();
+    assert_eq!(
+        common::finding(&r, "torn-extend")["severity"].text(),
+        "damage"
+    );
+    assert_eq!(r["header"]["page_count"].num(), f64::from(CLAIM));
+
+    // WAL mode: the -wal's last commit claims as many pages (its checksums recomputed,
+    // so SQLite would trust it). The -wal holds a few pages, not four billion: damage.
+    let dir = common::tempdir();
+    let live = dir.path().join("live.db");
+    let c = rusqlite::Connection::open(&live).expect("open");
+    c.execute_batch(
+        "PRAGMA page_size=4096; PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+         CREATE TABLE t(x); INSERT INTO t VALUES (randomblob(100));",
+    )
+    .expect("fill");
+    let copy = dir.path().join("copy.db");
+    let mut db = fs::read(&live).expect("read");
+    let mut wal = fs::read(dir.path().join("live.db-wal")).expect("read -wal");
+    drop(c);
+    db[28..32].copy_from_slice(&CLAIM.to_be_bytes());
+    let change_counter = db[24..28].to_vec();
+    db[92..96].copy_from_slice(&change_counter);
+    let page = u32::from_be_bytes([wal[8], wal[9], wal[10], wal[11]]) as usize;
+    let frame = 24 + page;
+    let frames = (wal.len() - 32) / frame;
+    assert!(frames >= 1, "{frames} frames");
+    let last = 32 + (frames - 1) * frame;
+    wal[last + 4..last + 8].copy_from_slice(&CLAIM.to_be_bytes());
+    let be = wal[3] & 1 == 1;
+    let mut running = (
+        u32::from_be_bytes([wal[24], wal[25], wal[26], wal[27]]),
+        u32::from_be_bytes([wal[28], wal[29], wal[30], wal[31]]),
+    );
+    for k in 0..frames {
+        let at = 32 + k * frame;
+        let c = wal_checksum(be, &wal[at..at + 8], running);
+        let c = wal_checksum(be, &wal[at + 24..at + frame], c);
+        wal[at + 16..at + 20].copy_from_slice(&c.0.to_be_bytes());
+        wal[at + 20..at + 24].copy_from_slice(&c.1.to_be_bytes());
+        running = c;
+    }
+    fs::write(&copy, &db).expect("write copy");
+    fs::write(dir.path().join("copy.db-wal"), &wal).expect("write copy -wal");
+    let _ = fs::remove_file(&live);
+    let r = doctor(&["doctor", "--json", &s(&copy)]);
+    assert_eq!(r.status, 2, "{}{}", r.stdout, r.stderr);
+    let r = r.json();
+    assert_eq!(r["wal"]["last_commit_db_pages"].num(), f64::from(CLAIM));
+    assert!(
+        common::finding(&r, "torn-extend")["message"]
+            .text()
+            .contains("counts 4127195137 pages"),
+        "{}",
+        r.render_findings()
+    );
 }
 
 fn empty_file_is_an_empty_database() {

@@ -11,10 +11,11 @@ mod common;
 
 use common::{codes, doctor, doctor_json, finding, ok, process, spawn, Json};
 use std::fs;
+use std::io::Write;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 use vfs_tests::worker::Vfs;
@@ -22,6 +23,8 @@ use vfs_tests::worker::Vfs;
 fn main() -> ExitCode {
     common::main(tests![
         healthy_wal_database_with_three_processes,
+        unguarded_processes_are_named_with_how_to_guard_each,
+        lock_file_left_by_an_earlier_build,
         split_index_names_the_process_holding_the_deleted_wal,
         torn_extend_is_damage,
         bad_frame_checksum_after_the_last_commit,
@@ -51,6 +54,8 @@ fn lock_names(p: &Json) -> Vec<String> {
         .collect()
 }
 
+/// Two processes on plain unix and one through walguard: everything is healthy but the
+/// mix (the two unguarded ones are named, see also unguarded_processes_are_named...).
 fn healthy_wal_database_with_three_processes() {
     let dir = common::tempdir();
     let db = dir.path().join("app.db");
@@ -65,9 +70,19 @@ fn healthy_wal_database_with_three_processes() {
         assert_eq!(ok(w, "count"), "6");
     }
 
-    let r = doctor_json(&db, 0);
-    assert_eq!(r["status"].text(), "healthy");
-    assert!(codes(&r, "warning").is_empty(), "{}", r.render_findings());
+    let r = doctor_json(&db, 1);
+    assert_eq!(r["status"].text(), "warnings");
+    assert_eq!(
+        codes(&r, "warning"),
+        ["unguarded-processes"],
+        "{}",
+        r.render_findings()
+    );
+    let mut unguarded = pids_of(finding(&r, "unguarded-processes"));
+    unguarded.sort_unstable();
+    let mut plain = vec![a.pid(), b.pid()];
+    plain.sort_unstable();
+    assert_eq!(unguarded, plain);
     assert_eq!(r["header"]["journal_mode"].text(), "WAL");
     assert_eq!(r["wal"]["header"]["checksum_ok"], Json::Bool(true));
     assert!(r["wal"]["first_invalid_frame"].is_null());
@@ -127,16 +142,25 @@ fn healthy_wal_database_with_three_processes() {
         );
         assert_eq!(libs[0]["wal_reset_bug"], Json::Bool(false));
     }
-    // walguard's own locks are decoded too (presence on -walguard, OFD mirrors).
-    let locks = lock_names(process(&r, c.pid()));
+    // walguard's own locks are decoded too: OFD locks (mirrors, the gate, its -shm
+    // locks), or with an earlier build, presence on <db>-walguard.
+    let p = process(&r, c.pid());
     assert!(
-        locks.iter().any(|l| l == "-walguard walguard presence"),
-        "{locks:?}"
+        p["locks"]
+            .items()
+            .iter()
+            .any(|l| l["kind"].text() == "OFD" || l["file"].text() == "-walguard"),
+        "{:?}",
+        lock_names(p)
     );
+    for w in [&a, &b] {
+        assert_eq!(process(&r, w.pid())["guard_with"].text(), "linked-unused");
+    }
+    assert!(process(&r, c.pid())["guard_with"].is_null());
 
     let text = doctor(&["doctor", &s(&db)]);
-    assert_eq!(text.status, 0, "{}", text.stdout);
-    assert!(text.stdout.contains("verdict: HEALTHY"), "{}", text.stdout);
+    assert_eq!(text.status, 1, "{}", text.stdout);
+    assert!(text.stdout.contains("verdict: WARNINGS"), "{}", text.stdout);
     for w in [&a, &b, &c] {
         assert!(
             text.stdout.contains(&format!("  {} [", w.pid())),
@@ -147,6 +171,229 @@ fn healthy_wal_database_with_three_processes() {
     for w in [a, b, c] {
         w.exit().expect("worker exit");
     }
+}
+
+/// A program from outside the test (the `sqlite3` shell, Debian's `python3`) that opened
+/// the database, read it, answered `ready`, and keeps it open until its stdin closes.
+struct Outside {
+    child: Child,
+}
+
+impl Outside {
+    fn start(program: &str, args: &[&str], input: &str) -> Outside {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {program} (scripts/setup installs it): {e}"));
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input.as_bytes()).expect("write to stdin");
+        stdin.flush().expect("flush stdin");
+        child.stdin = Some(stdin);
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(l) if l.starts_with("ready") => break,
+                Ok(_) => {}
+                Err(_) => panic!("{program} did not answer ready within 60 s"),
+            }
+        }
+        Outside { child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take()); // lets it exit
+        let _ = self.child.wait();
+    }
+}
+
+/// A copy of the test executable without symbols: a program with SQLite linked in whose
+/// walguard cannot be seen (and could not be reached from outside).
+fn stripped_copy(dir: &Path) -> std::path::PathBuf {
+    let exe = dir.join("stripped-worker");
+    fs::copy(std::env::current_exe().expect("current_exe"), &exe)
+        .expect("copy the test executable");
+    let st = Command::new("strip")
+        .arg("--strip-all")
+        .arg(&exe)
+        .status()
+        .expect("run strip (binutils)");
+    assert!(st.success(), "strip failed");
+    exe
+}
+
+/// A fleet where some processes use walguard and some do not: the finding names each
+/// unguarded one with how to guard it — `walguard exec` for the `sqlite3` shell (a shared
+/// libsqlite3), WALGUARD_AUTO=1 / walguard.install() for Python, nothing from outside for
+/// a program with SQLite linked in, the VFS choice for a program that links walguard but
+/// opens the database without it. Without any guarded process the finding is absent (the
+/// baseline: it is about the mix).
+fn unguarded_processes_are_named_with_how_to_guard_each() {
+    let dir = common::tempdir();
+    let db = dir.path().join("app.db");
+    let exe = stripped_copy(dir.path());
+    let mut a = spawn(Vfs::Unix, &db, "A");
+    assert_eq!(ok(&mut a, "wal"), "wal");
+    ok(&mut a, "write 2");
+    let shell = Outside::start(
+        "/usr/bin/sqlite3",
+        &[&s(&db)],
+        "SELECT 'ready', count(*) FROM t;\n",
+    );
+    let python = Outside::start(
+        "/usr/bin/python3",
+        &[
+            "-c",
+            "import sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1])\n\
+             print('ready', c.execute('SELECT count(*) FROM t').fetchone()[0], flush=True)\n\
+             sys.stdin.readline()\n",
+            &s(&db),
+        ],
+        "",
+    );
+    let mut x = vfs_tests::worker::Worker::spawn(&exe, Vfs::Unix, &db, "X")
+        .expect("spawn the stripped worker");
+    ok(&mut x, "write 1");
+
+    // Nobody guarded: nothing to compare with, no finding.
+    let r = doctor(&["doctor", "--json", &s(&db)]).json();
+    assert_eq!(
+        r["processes"].items().len(),
+        4,
+        "{}",
+        r["processes"].render()
+    );
+    assert!(
+        !codes(&r, "note").contains(&"unguarded-processes".to_owned()),
+        "{}",
+        r.render_findings()
+    );
+
+    let mut c = spawn(Vfs::Walguard, &db, "C");
+    ok(&mut c, "write 1");
+    let run = doctor(&["doctor", "--json", &s(&db)]);
+    assert!((1..=2).contains(&run.status), "{}", run.stdout);
+    let r = run.json();
+    let f = finding(&r, "unguarded-processes");
+    assert_eq!(f["severity"].text(), "warning");
+    let mut pids = pids_of(f);
+    pids.sort_unstable();
+    let mut want = vec![a.pid(), shell.pid(), python.pid(), x.pid()];
+    want.sort_unstable();
+    assert_eq!(pids, want, "{}", f["message"].text());
+    for (pid, how) in [
+        (a.pid(), "linked-unused"),
+        (shell.pid(), "walguard-exec"),
+        (python.pid(), "python"),
+        (x.pid(), "static"),
+    ] {
+        assert_eq!(process(&r, pid)["guard_with"].text(), how, "process {pid}");
+    }
+    assert_eq!(process(&r, c.pid())["walguard"].text(), "active");
+    assert!(process(&r, c.pid())["guard_with"].is_null());
+    let action = f["action"].text();
+    let part = |pid: u32| {
+        action
+            .split("; process ")
+            .find(|p| {
+                p.trim_start_matches("process ")
+                    .starts_with(&format!("{pid} ("))
+            })
+            .unwrap_or_else(|| panic!("no remedy for process {pid} in: {action}"))
+    };
+    let sh = part(shell.pid());
+    assert!(
+        sh.contains(&format!("walguard exec -- /usr/bin/sqlite3 {}", s(&db))),
+        "{sh}"
+    );
+    let py = part(python.pid());
+    assert!(
+        py.contains("WALGUARD_AUTO=1")
+            && py.contains("walguard.install()")
+            && py.contains("-m pip install walguard"),
+        "{py}"
+    );
+    let st = part(x.pid());
+    assert!(
+        st.contains("stripped-worker") && st.contains("nothing from outside guards it"),
+        "{st}"
+    );
+    assert!(part(a.pid()).contains("?vfs=walguard"), "{action}");
+    let text = doctor(&["doctor", &s(&db)]);
+    assert!(
+        text.stdout.contains("walguard guards 1 of the 5 processes"),
+        "{}",
+        text.stdout
+    );
+    assert!(text.stdout.contains("walguard exec -- "), "{}", text.stdout);
+    // The shell carries SQLite's format string and source id for its own checks, but
+    // its SQLite is the library's: one SQLite, not two.
+    let libs = process(&r, shell.pid())["sqlite_libraries"]
+        .items()
+        .to_vec();
+    assert_eq!(libs.len(), 1, "{libs:?}");
+    assert!(libs[0]["path"].text().contains("libsqlite3.so"), "{libs:?}");
+    drop(shell);
+    drop(python);
+    for w in [a, c, x] {
+        let _ = w.exit();
+    }
+}
+
+/// The current build has no `<db>-walguard`: one that nobody holds is shown as left by an
+/// earlier build (a note, healthy), and never counted as a sign of walguard.
+fn lock_file_left_by_an_earlier_build() {
+    let dir = common::tempdir();
+    let db = dir.path().join("app.db");
+    let mut a = spawn(Vfs::Unix, &db, "A");
+    assert_eq!(ok(&mut a, "wal"), "wal");
+    ok(&mut a, "write 1");
+    let lock_file = common_sidecar(&db, "-walguard");
+    let r = doctor_json(&db, 0);
+    assert!(
+        !codes(&r, "note").contains(&"walguard-file-left".to_owned()),
+        "no file, no note: {}",
+        r.render_findings()
+    );
+    assert!(!lock_file.exists(), "plain unix creates no lock file");
+    fs::write(&lock_file, b"").expect("create a leftover lock file");
+    let r = doctor_json(&db, 0);
+    let f = finding(&r, "walguard-file-left");
+    assert_eq!(f["severity"].text(), "note");
+    let file = r["files"]
+        .items()
+        .iter()
+        .find(|f| f["role"].text() == "-walguard")
+        .expect("the -walguard file is listed");
+    assert_eq!(
+        file["note"].text(),
+        "left by an earlier walguard build, unused by this one"
+    );
+    assert_eq!(process(&r, a.pid())["walguard"].text(), "linked");
+    let text = doctor(&["doctor", &s(&db)]);
+    assert!(
+        text.stdout
+            .contains("— left by an earlier walguard build, unused by this one"),
+        "{}",
+        text.stdout
+    );
+    let _ = a.exit();
 }
 
 /// The header-peek reproduction of vfs-tests/tests/split_index.rs (PeekExclusiveOpener):
@@ -429,15 +676,7 @@ fn rollback_database_with_a_hot_journal() {
 /// instead of guessing.
 fn stripped_executable_with_bundled_sqlite() {
     let dir = common::tempdir();
-    let exe = dir.path().join("stripped-worker");
-    fs::copy(std::env::current_exe().expect("current_exe"), &exe)
-        .expect("copy the test executable");
-    let st = Command::new("strip")
-        .arg("--strip-all")
-        .arg(&exe)
-        .status()
-        .expect("run strip (binutils)");
-    assert!(st.success(), "strip failed");
+    let exe = stripped_copy(dir.path());
     let db = dir.path().join("app.db");
     let mut a =
         vfs_tests::worker::Worker::spawn(&exe, Vfs::Unix, &db, "A").expect("spawn stripped worker");

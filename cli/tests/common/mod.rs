@@ -124,7 +124,12 @@ pub fn doctor_exe() -> &'static str {
     env!("CARGO_BIN_EXE_walguard")
 }
 
-/// Runs the doctor with `args` (as `uid` when given); 120 s hang guard.
+/// The address space every doctor run gets in these tests: far more than it needs, far
+/// less than what a count read from a damaged file could make it allocate (an abort).
+pub const DOCTOR_MEMORY_LIMIT: u64 = 1 << 30;
+
+/// Runs the doctor with `args` (as `uid` when given), under [`DOCTOR_MEMORY_LIMIT`];
+/// 120 s hang guard.
 pub fn doctor_as(uid: Option<u32>, args: &[&str]) -> Run {
     let mut cmd = Command::new(doctor_exe());
     cmd.args(args)
@@ -134,6 +139,21 @@ pub fn doctor_as(uid: Option<u32>, args: &[&str]) -> Run {
     if let Some(u) = uid {
         // std drops the supplementary groups when a root parent sets uid/gid.
         cmd.uid(u).gid(u);
+    }
+    // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe and
+    // the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: DOCTOR_MEMORY_LIMIT,
+                rlim_max: DOCTOR_MEMORY_LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
     }
     let child = cmd.spawn().expect("spawn the doctor");
     let pid = child.id();
