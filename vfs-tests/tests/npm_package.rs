@@ -506,14 +506,17 @@ fn the_tarball_holds_the_loader_the_types_and_the_stripped_library() {
         unstripped.is_empty(),
         "the packed library is not stripped: {unstripped:?}"
     );
-    let built = fs::metadata(extension_path())
-        .expect("stat the built library")
-        .len();
-    let packed = fs::metadata(&so).expect("stat the packed library").len();
-    assert!(
-        packed < built,
-        "stripping made nothing smaller: {packed} >= {built} bytes"
-    );
+    // (WALGUARD_EXT may name a library stripped already.)
+    if sections(&extension_path()).contains(".symtab") {
+        let built = fs::metadata(extension_path())
+            .expect("stat the built library")
+            .len();
+        let packed = fs::metadata(&so).expect("stat the packed library").len();
+        assert!(
+            packed < built,
+            "stripping made nothing smaller: {packed} >= {built} bytes"
+        );
+    }
     let defined = nm(&so, &["-D", "--defined-only"]);
     for entry in [ENTRY_DEFAULT, ENTRY_NODEFAULT] {
         assert!(
