@@ -1,15 +1,17 @@
 //! Smoke tests of `vfs-tests bench`: it runs, and it reports. Timing is never asserted
 //! here (the machine may be busy); only that every workload printed a ratio line, that
-//! contention reports SQLITE_BUSY counts per VFS, that the audit's per-phase counts are
-//! in the JSON, and, from the syscall audit (counting system calls is deterministic),
-//! that walguard adds no system call per page read or written. (The steady-state budget
-//! is asserted by `hot_path_syscalls.rs`.)
+//! contention reports SQLITE_BUSY counts per VFS, busy-dir the disruptor's rate per VFS,
+//! that the audit's per-phase counts, churn-cycle listing and WRITE-lock critical section
+//! are in the report and the JSON, and, from the syscall audit (counting system calls is
+//! deterministic), that walguard adds no system call per page read or written. (The
+//! steady-state budgets are asserted by `hot_path_syscalls.rs`.)
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-const WORKLOADS: [&str; 7] = [
+const WORKLOADS: [&str; 8] = [
     "write-normal",
+    "busy-dir",
     "write-full",
     "batched",
     "read-point",
@@ -65,6 +67,29 @@ fn quick_bench_prints_a_ratio_for_every_workload() {
         report.contains("speedtest1"),
         "the report says what became of speedtest1:\n{report}"
     );
+    // busy-dir: the disruption each side got, so that "the same" can be checked.
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("busy-dir disruption"))
+        .unwrap_or_else(|| panic!("no busy-dir disruption line in the report:\n{report}"));
+    assert!(
+        line.contains(" unix ") && line.contains(" walguard "),
+        "{line}"
+    );
+}
+
+#[test]
+fn quick_json_reports_the_busy_dir_disruption() {
+    let out = bench(&["--quick", "--json", "--only", "busy-dir"]);
+    let json = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "\"name\":\"busy-dir\"",
+        "\"disruption\":{\"target_files_per_s\":",
+        "\"unix\":{\"median\":",
+        "\"walguard\":{\"median\":",
+    ] {
+        assert!(json.contains(needle), "no {needle} in the JSON:\n{json}");
+    }
 }
 
 #[test]
@@ -149,6 +174,10 @@ fn audit_finds_no_extra_syscall_per_page() {
         "\"phase\":\"txn\",\"transactions\":",
         "\"steady\":{\"txns\":",
         "\"phase\":\"write\",\"transactions\":",
+        "\"write_lock\":{\"txns\":",
+        "\"churn\":{\"cycles\":",
+        "\"phase\":\"cycle\",\"cycles\":",
+        "\"judged\":true",
     ] {
         assert!(
             json.contains(needle),
@@ -164,6 +193,17 @@ fn audit_finds_no_extra_syscall_per_page() {
         assert!(
             line.ends_with("PASS"),
             "walguard adds system calls per page {io}: {line}\n{report}"
+        );
+    }
+    // Reported (their verdicts are hot_path_syscalls.rs's to assert).
+    for needle in [
+        "audit steady write: calls added inside the WAL WRITE lock's critical section",
+        "WRITE lock critical sections: unix ",
+        "churn cycle (open, one query, close; ",
+    ] {
+        assert!(
+            report.contains(needle),
+            "no {needle:?} in the audit report:\n{report}"
         );
     }
 }

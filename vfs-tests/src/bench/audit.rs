@@ -1,6 +1,8 @@
 //! The syscall audit: the read-heavy and the write-heavy workload once per VFS under
 //! `strace -f` (this binary re-executed as `bench-child audit`), phases marked by writes
-//! to /dev/null, system calls counted per phase and compared.
+//! to /dev/null, system calls counted per phase and compared; then the steady state
+//! (`steady`: its budgets, and the calls inside the WAL WRITE lock's critical section,
+//! `write_lock`) and the churn cycle by system call name (`churn_trace`).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -12,7 +14,7 @@ use rusqlite::params;
 
 use crate::bench::db::{create_db, ctx, open, remove_db, set_sync};
 use crate::bench::measure::{payload, Rng};
-use crate::bench::{recheck_arg, steady, Env};
+use crate::bench::{churn_trace, recheck_arg, steady, write_lock, Env};
 use crate::worker::Vfs;
 
 /// Marker prefix the audit child writes to /dev/null between phases.
@@ -153,14 +155,42 @@ pub(crate) struct AuditPhase {
     pub(crate) cand: BTreeMap<String, u64>,
 }
 
+/// One line of the audit's verdicts.
+pub(crate) struct Check {
+    pub(crate) what: String,
+    /// `Some(pass)` for a judged check (it decides the overall verdict), `None` for a
+    /// figure that is only reported.
+    pub(crate) verdict: Option<bool>,
+    pub(crate) detail: String,
+}
+
+impl Check {
+    fn judged(what: String, pass: bool, detail: String) -> Check {
+        Check {
+            what,
+            verdict: Some(pass),
+            detail,
+        }
+    }
+
+    fn info(what: String, detail: String) -> Check {
+        Check {
+            what,
+            verdict: None,
+            detail,
+        }
+    }
+}
+
 pub(crate) struct AuditResult {
     pub(crate) rows: Vec<AuditRow>,
     pub(crate) phases: Vec<AuditPhase>,
-    /// (check, pass, detail)
-    pub(crate) checks: Vec<(String, bool, String)>,
+    pub(crate) checks: Vec<Check>,
     pub(crate) txns: u64,
     /// The steady-state trace (see `steady`): both sides and its transaction count.
     pub(crate) steady: Option<(steady::Trace, steady::Trace, u64)>,
+    /// The churn-cycle trace (see `churn_trace`): both sides and its cycle count.
+    pub(crate) churn: Option<(steady::Trace, steady::Trace, u64)>,
 }
 
 pub(crate) fn strace_path() -> Option<PathBuf> {
@@ -277,7 +307,7 @@ pub(crate) fn audit(env: &Env) -> Result<AuditResult, String> {
             txn_u.get(io).copied().unwrap_or(0),
             txn_g.get(io).copied().unwrap_or(0),
         );
-        checks.push((
+        checks.push(Check::judged(
             format!("{mode}: no extra system call per page {mode} ({io} in the transaction phase)"),
             cu == cg && cu > 0,
             format!(
@@ -293,9 +323,8 @@ pub(crate) fn audit(env: &Env) -> Result<AuditResult, String> {
         ));
         let total_u: u64 = txn_u.values().sum();
         let total_g: u64 = txn_g.values().sum();
-        checks.push((
+        checks.push(Check::info(
             format!("{mode}: extra system calls per transaction, total"),
-            true,
             format!(
                 "{b} {:.2}/txn, {c} {:.2}/txn, extra {:+.2}/txn",
                 total_u as f64 / n as f64,
@@ -332,13 +361,104 @@ pub(crate) fn audit(env: &Env) -> Result<AuditResult, String> {
     steady::remove(&base_db);
     let cand = traces.pop().ok_or("internal: no steady-state trace")?;
     let base = traces.pop().ok_or("internal: no steady-state trace")?;
+    checks.extend(steady_checks(&base, &cand, n, env.comparing()));
+    let churn = churn_traces(env, &logs)?;
     Ok(AuditResult {
         rows,
         phases,
         checks,
         txns: n,
         steady: Some((base, cand, n)),
+        churn: Some(churn),
     })
+}
+
+/// The steady-state budgets per transaction (`brk` not counted, see
+/// [`steady::budgeted`]); `tests/hot_path_syscalls.rs` asserts the same numbers.
+pub(crate) const STEADY_BUDGETS: [(&str, u64); 3] = [("read", 0), ("write", 1), ("mmap-read", 0)];
+
+/// The steady-state verdicts: each transaction phase against its budget, and the calls
+/// walguard adds inside the WAL WRITE lock's critical section (budget 0). Judged only
+/// against unix (not between two builds of walguard, `--compare`).
+fn steady_checks(
+    base: &steady::Trace,
+    cand: &steady::Trace,
+    n: u64,
+    comparing: bool,
+) -> Vec<Check> {
+    let div = n.max(1) as f64;
+    let mut checks = Vec::new();
+    for (phase, budget) in STEADY_BUDGETS {
+        let (b, c) = (steady::budgeted(base, phase), steady::budgeted(cand, phase));
+        let what = format!("steady {phase}: extra system calls per transaction (budget +{budget}, brk not counted)");
+        let detail = format!(
+            "{:.2} against {:.2}: extra {:+.2}",
+            c as f64 / div,
+            b as f64 / div,
+            (c as f64 - b as f64) / div
+        );
+        checks.push(if comparing {
+            Check::info(what, detail)
+        } else {
+            Check::judged(what, c <= b + budget * n, detail)
+        });
+    }
+    let (sb, sc) = (
+        write_lock::sections(base, "write"),
+        write_lock::sections(cand, "write"),
+    );
+    let added = write_lock::added(&sb, &sc);
+    let what = "steady write: calls added inside the WAL WRITE lock's critical section (budget 0)"
+        .to_owned();
+    let detail = format!(
+        "{:.2} against {:.2} per transaction: added {:+.2} ({} and {} sections for {n} transactions)",
+        sc.inside.len() as f64 / div,
+        sb.inside.len() as f64 / div,
+        added as f64 / div,
+        sc.count,
+        sb.count
+    );
+    let measured = sb.count >= n && sc.count >= n;
+    checks.push(if comparing {
+        Check::info(what, detail)
+    } else if !measured {
+        Check::judged(
+            what,
+            false,
+            format!("{detail} — fewer sections than transactions: the trace did not see the lock"),
+        )
+    } else {
+        Check::judged(what, added <= 0, detail)
+    });
+    checks
+}
+
+/// The churn-cycle trace of both sides (each database in a directory of its own).
+fn churn_traces(env: &Env, logs: &Path) -> Result<(steady::Trace, steady::Trace, u64), String> {
+    let n = env.sizes.audit_churn;
+    let ms = crate::bench::READ_RECHECK_MS.load(std::sync::atomic::Ordering::Relaxed);
+    let mut traces = Vec::new();
+    for side in &env.sides {
+        let db_dir = env.dir.join(format!("churn-audit-{}", side.key));
+        fs::create_dir_all(&db_dir)
+            .map_err(|e| format!("cannot create {}: {e}", db_dir.display()))?;
+        let db = db_dir.join("churn.db");
+        churn_trace::prepare_db(&db)?;
+        let log = logs.join(format!("churn-{}.strace", side.key));
+        traces.push(churn_trace::trace(
+            side.binary(env),
+            side.vfs,
+            &db,
+            n,
+            &log,
+            ms,
+        )?);
+        remove_db(&db);
+        let _ = fs::remove_dir_all(&db_dir);
+    }
+    let cand = traces.pop().ok_or("internal: no churn trace")?;
+    let base = traces.pop().ok_or("internal: no churn trace")?;
+    Ok((base, cand, n))
 }
 
 #[cfg(test)]

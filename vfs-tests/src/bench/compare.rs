@@ -201,6 +201,8 @@ pub(crate) fn run_in_child(
         if env.quick { "quick" } else { "full" },
         "--read-recheck-ms",
         &recheck_arg(),
+        "--busy-dir-rate",
+        &env.sizes.busy_dir_rate.to_string(),
         "--dir",
     ])
     .arg(&dir);
@@ -230,13 +232,15 @@ pub(crate) fn run_in_child(
 
 fn sample_line(s: &Sample) -> String {
     format!(
-        "sample ops={} wall_ns={} cpu_ns={} busy_calls={} busy_slept_ms={} busy_errors={}",
+        "sample ops={} wall_ns={} cpu_ns={} busy_calls={} busy_slept_ms={} busy_errors={} \
+         dir_files_per_s={}",
         s.ops,
         s.wall.as_nanos(),
         s.cpu.as_nanos(),
         s.busy.handler_calls,
         s.busy.slept_ms,
-        s.busy.errors
+        s.busy.errors,
+        s.dir_files_per_s
     )
 }
 
@@ -254,11 +258,12 @@ fn parse_sample(stdout: &str) -> Option<Sample> {
             "busy_calls" => s.busy.handler_calls = v,
             "busy_slept_ms" => s.busy.slept_ms = v,
             "busy_errors" => s.busy.errors = v,
+            "dir_files_per_s" => s.dir_files_per_s = v,
             _ => continue,
         }
         seen += 1;
     }
-    (seen == 6).then_some(s)
+    (seen == 7).then_some(s)
 }
 
 /// `vfs-tests bench-child run`: one round of one workload in this process, the sample
@@ -269,8 +274,8 @@ pub(crate) fn child_run(
     workload: &str,
     round: usize,
     sizes: &str,
-    read_db: Option<PathBuf>,
-    read_rows: u64,
+    read_db: Option<(PathBuf, u64)>,
+    busy_dir_rate: Option<u64>,
 ) -> Result<(), String> {
     let w = Workload::parse(workload).ok_or_else(|| format!("unknown workload {workload:?}"))?;
     let quick = match sizes {
@@ -279,12 +284,16 @@ pub(crate) fn child_run(
         other => return Err(format!("--sizes must be quick or full, not {other:?}")),
     };
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let mut sizes = if quick { Sizes::quick() } else { Sizes::full() };
+    if let Some(r) = busy_dir_rate {
+        sizes.busy_dir_rate = r;
+    }
     let env = Env {
         dir: dir.to_path_buf(),
         exe,
-        sizes: if quick { Sizes::quick() } else { Sizes::full() },
+        sizes,
         quick,
-        read_db: read_db.map(|p| (p, read_rows)),
+        read_db,
         speedtest1: None,
         sides: Side::unix_walguard(),
     };
@@ -309,12 +318,14 @@ mod tests {
                 slept_ms: 4,
                 errors: 1,
             },
+            dir_files_per_s: 4321,
         };
         let back = parse_sample(&format!("noise\n{}\n", sample_line(&s))).expect("parses");
         assert_eq!(back.ops, 7);
         assert_eq!(back.wall, s.wall);
         assert_eq!(back.cpu, s.cpu);
         assert_eq!(back.busy, s.busy);
+        assert_eq!(back.dir_files_per_s, 4321);
         assert!(parse_sample("sample ops=1").is_none());
     }
 

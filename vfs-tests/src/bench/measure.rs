@@ -12,6 +12,9 @@ pub(crate) struct Sample {
     pub(crate) cpu: Duration,
     /// SQLITE_BUSY as the contention workload saw it (zero elsewhere).
     pub(crate) busy: Busy,
+    /// `busy-dir`: files per second the disruptor created and removed beside the
+    /// database during this run (zero elsewhere).
+    pub(crate) dir_files_per_s: u64,
 }
 
 /// SQLITE_BUSY counts of the contention workload, summed over its processes.
@@ -82,6 +85,7 @@ impl Timer {
             wall,
             cpu,
             busy: Busy::default(),
+            dir_files_per_s: 0,
         }
     }
 }

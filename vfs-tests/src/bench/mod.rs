@@ -1,7 +1,8 @@
 //! Overhead benchmarks: walguard against the plain `unix` VFS, in one process run.
 //!
 //! `vfs-tests bench [--quick] [--json] [--audit] [--rounds N] [--only a,b] [--dir D]
-//! [--keep] [--strict] [--read-recheck-ms MS] [--speedtest1 FILE] [--compare REF [--repo D]]`
+//! [--keep] [--strict] [--read-recheck-ms MS] [--busy-dir-rate N] [--speedtest1 FILE]
+//! [--compare REF [--repo D]]`
 //! (`--help` explains each).
 //!
 //! Every workload runs on `unix` and on `walguard` alternately, several rounds in one
@@ -17,6 +18,7 @@
 //! | workload | what one operation is | target |
 //! |---|---|---|
 //! | `write-normal` | one single-row INSERT commit, WAL, `synchronous=NORMAL` | ratio ≤ 1.02 |
+//! | `busy-dir` | the same while another process creates and removes unrelated files beside the database (5,000 per second by default, `--busy-dir-rate`; see `workloads/busy_dir.rs`) | ratio ≤ 1.05 |
 //! | `write-full` | the same with `synchronous=FULL` (an fsync per commit) | ratio ≤ 1.02 |
 //! | `batched` | one 10,000-row INSERT transaction (WAL, `synchronous=NORMAL`) | ratio ≤ 1.02 |
 //! | `read-point` | one point lookup by primary key on a 100 MB WAL database (its own read transaction) | ratio ≤ 1.02 |
@@ -41,8 +43,13 @@
 //! and `pwrite64` counts of the transaction phase must be equal). Counting system calls
 //! is deterministic, so this part is also a test (`tests/bench_smoke.rs`). It also runs
 //! the steady-state trace ([`steady`]: one open connection, N read, write and mmap-read
-//! transactions, calls by file and by owner) that `tests/hot_path_syscalls.rs` asserts.
-//! Every count, per phase and per VFS, is in the JSON (`audit.phases`, `audit.steady`).
+//! transactions, calls by file and by owner) and judges it against issue 17's budgets
+//! (read +0, write ≤ +1, mmap read +0, and no call added inside the WAL WRITE lock's
+//! critical section, [`write_lock`]), which `tests/hot_path_syscalls.rs` asserts; and
+//! the churn cycle (open, one query, close, [`churn_trace`]) listed per cycle by system
+//! call name for both VFSs. Every count, per phase and per VFS, is in the JSON
+//! (`audit.phases`, `audit.steady`, `audit.write_lock`, `audit.churn`); `audit.checks`
+//! carries each verdict (`judged`: whether it counts for the overall verdict).
 //!
 //! `--compare REF` benches two builds of walguard instead (see `compare.rs`): REF's
 //! walguard with the current harness, built in a temporary git worktree, against the
@@ -58,6 +65,7 @@
 
 pub(crate) mod audit;
 pub(crate) mod child;
+pub mod churn_trace;
 pub(crate) mod compare;
 pub(crate) mod db;
 pub(crate) mod measure;
@@ -65,6 +73,7 @@ pub(crate) mod options;
 pub(crate) mod report;
 pub mod steady;
 pub(crate) mod workloads;
+pub mod write_lock;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -225,6 +234,9 @@ fn run(opts: &Opts) -> Result<bool, String> {
     };
     if let Some(r) = opts.rounds {
         sizes.rounds = r;
+    }
+    if let Some(r) = opts.busy_dir_rate {
+        sizes.busy_dir_rate = r;
     }
     let result = compare_sides(opts, &exe, &dir).and_then(|sides| {
         let mut env = Env {

@@ -6,8 +6,8 @@ use crate::bench::workloads::{Workload, ALL};
 
 pub(crate) fn usage() -> String {
     "usage: vfs-tests bench [--quick] [--json] [--audit] [--rounds N] [--only LIST] \
-     [--dir DIR] [--keep] [--strict] [--read-recheck-ms MS] [--speedtest1 FILE] \
-     [--compare REF [--repo DIR]]\n\
+     [--dir DIR] [--keep] [--strict] [--read-recheck-ms MS] [--busy-dir-rate N] \
+     [--speedtest1 FILE] [--compare REF [--repo DIR]]\n\
      \n\
      Benchmarks walguard against the plain unix VFS: every workload alternates the two \
      (A B, B A, ...) over several rounds with fresh files; ratio = walguard/unix per round, \
@@ -15,15 +15,18 @@ pub(crate) fn usage() -> String {
      \n  \
      --quick: smoke-run sizes (verdicts mean nothing)\n  \
      --rounds N: rounds per workload (default 9; --quick 3)\n  \
-     --only LIST: comma-separated among write-normal,write-full,batched,read-point,scan,churn,\
-     contention,speedtest1,audit (audit alone: only the syscall audit)\n  \
+     --only LIST: comma-separated among write-normal,busy-dir,write-full,batched,read-point,\
+     scan,churn,contention,speedtest1,audit (audit alone: only the syscall audit)\n  \
      --audit: also count system calls under strace, by phase (open, first query, \
-     transactions, close) and in the steady state (read, write and mmap read \
-     transactions of an open connection); the counts go into the JSON too\n  \
+     transactions, close), per churn cycle (open, query, close) by call name, and in the \
+     steady state (read, write and mmap read transactions of an open connection, and the \
+     calls inside the WAL WRITE lock's critical section); the counts go into the JSON too\n  \
      --json: JSON on stdout, the human-readable report on stderr\n  \
      --strict: exit 1 if a target is missed\n  \
      --dir DIR / --keep: where the databases go / keep them afterwards\n  \
      --read-recheck-ms MS: walguard's Options::read_recheck (default 0: G4 checks every read)\n  \
+     --busy-dir-rate N: files per second the busy-dir workload's disruptor creates and \
+     removes beside the database (default 5000)\n  \
      --speedtest1 FILE: also build SQLite's test/speedtest1.c (against the system \
      libsqlite3, walguard loaded as the extension) and run it on both VFSs\n  \
      --compare REF: bench two builds of walguard against each other instead of unix: REF \
@@ -35,6 +38,10 @@ pub(crate) fn usage() -> String {
      is better). --audit then compares the two builds' system calls. No targets are judged.\n  \
      --repo DIR: the repository REF is looked up in (default: the tree this binary was \
      built from)\n\
+     \n\
+     busy-dir is write-normal while another process creates and removes unrelated files \
+     beside the database at a fixed rate (the same schedule for both VFSs; the report shows \
+     the rate each achieved).\n\
      \n\
      contention also counts SQLITE_BUSY per VFS: busy-handler invocations (each one a \
      SQLITE_BUSY that SQLite got from a lock and slept on, SQLite's own 1, 2, 5, ... 100 ms \
@@ -54,6 +61,8 @@ pub(crate) struct Opts {
     pub(crate) dir: Option<PathBuf>,
     /// walguard `Options::read_recheck` in milliseconds (0, the default: every read).
     pub(crate) read_recheck_ms: u64,
+    /// `busy-dir`: the disruptor's files per second (`None`: the default).
+    pub(crate) busy_dir_rate: Option<u64>,
     /// SQLite's `test/speedtest1.c`, to build and run as one more workload.
     pub(crate) speedtest1: Option<PathBuf>,
     /// `--compare REF`: a git revision whose walguard is the baseline.
@@ -75,6 +84,7 @@ pub(crate) fn parse_opts(args: &[String]) -> Result<Opts, String> {
         workloads: ALL.to_vec(),
         dir: None,
         read_recheck_ms: 0,
+        busy_dir_rate: None,
         speedtest1: None,
         compare: None,
         repo: None,
@@ -126,6 +136,15 @@ pub(crate) fn parse_opts(args: &[String]) -> Result<Opts, String> {
                     format!("--read-recheck-ms needs a number of milliseconds, not {v:?}")
                 })?;
             }
+            "--busy-dir-rate" => {
+                let v = value()?;
+                let n: u64 = v.parse().ok().filter(|&n| n >= 1).ok_or_else(|| {
+                    format!(
+                        "--busy-dir-rate needs a positive number of files per second, not {v:?}"
+                    )
+                })?;
+                o.busy_dir_rate = Some(n);
+            }
             "--compare" => o.compare = Some(value()?),
             "--repo" => o.repo = Some(PathBuf::from(value()?)),
             "-h" | "--help" => o.help = true,
@@ -164,6 +183,10 @@ mod tests {
         assert_eq!(o.workloads, vec![Workload::Scan]);
         assert!(parse_opts(&["--only".into(), "nope".into()]).is_err());
         assert!(parse_opts(&["--rounds".into(), "0".into()]).is_err());
+        let o = parse_opts(&["--busy-dir-rate".into(), "20000".into()]).expect("valid options");
+        assert_eq!(o.busy_dir_rate, Some(20000));
+        assert_eq!(o.workloads[1], Workload::BusyDir);
+        assert!(parse_opts(&["--busy-dir-rate".into(), "0".into()]).is_err());
         let o = parse_opts(&["--compare".into(), "HEAD~1".into()]).expect("valid options");
         assert_eq!(o.compare.as_deref(), Some("HEAD~1"));
         assert!(parse_opts(&["--compare".into()]).is_err());

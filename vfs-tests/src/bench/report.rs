@@ -5,12 +5,13 @@ use std::fmt::Write as _;
 use std::fs;
 use std::time::{Instant, SystemTime};
 
-use crate::bench::audit::{phase_label, AuditResult};
+use crate::bench::audit::{phase_label, AuditResult, Check};
 use crate::bench::measure::min_max;
 use crate::bench::options::Opts;
+use crate::bench::workloads::busy_dir;
 use crate::bench::workloads::speedtest1::SPEEDTEST1_NOTE;
 use crate::bench::workloads::{Target, Workload, WorkloadResult};
-use crate::bench::{steady, Env};
+use crate::bench::{churn_trace, steady, write_lock, Env};
 
 /// The human-readable report, and whether every verdict passed.
 pub(crate) fn text(
@@ -89,6 +90,32 @@ pub(crate) fn text(
             );
         }
     }
+    if let Some(r) = results.iter().find(|r| r.w == Workload::BusyDir) {
+        let target = env.sizes.busy_dir_rate as f64;
+        let mut line = format!(
+            "busy-dir disruption (another process creates and removes files beside the \
+             database; target {target:.0} files/s; median [lowest] per round):"
+        );
+        let mut behind = Vec::new();
+        for (i, side) in env.sides.iter().enumerate() {
+            let (med, low) = r.disruption(i);
+            let _ = write!(line, " {} {med:.0} [{low:.0}]", side.label);
+            if low < busy_dir::MIN_SHARE * target {
+                behind.push(side.label.as_str());
+            }
+        }
+        let _ = writeln!(rep, "{line}");
+        if !behind.is_empty() {
+            let _ = writeln!(
+                rep,
+                "  WARNING: the disruptor fell behind its schedule (below {:.0}% of the target) \
+                 while {} ran: the two sides did not get the same disruption; the busy-dir \
+                 ratio is not comparable (a busy machine?)",
+                busy_dir::MIN_SHARE * 100.0,
+                behind.join(" and ")
+            );
+        }
+    }
     if let (false, Some(ns), Some(r)) = (
         comparing,
         stat_ns,
@@ -136,23 +163,8 @@ pub(crate) fn text(
                 row.cand - row.base
             );
         }
-        for (what, pass, detail) in &a.checks {
-            let _ = writeln!(
-                rep,
-                "audit {what}: {detail}{}",
-                if what.contains("per page") {
-                    if *pass {
-                        "  PASS"
-                    } else {
-                        "  FAIL"
-                    }
-                } else {
-                    ""
-                }
-            );
-            if what.contains("per page") {
-                all_pass &= *pass;
-            }
+        for c in a.checks.iter().filter(|c| !c.what.starts_with("steady")) {
+            all_pass &= check_line(&mut rep, c);
         }
         if let Some((tb, tc, n)) = &a.steady {
             let names = [short(base), short(cand)];
@@ -177,6 +189,21 @@ pub(crate) fn text(
             for p in steady::TXN_PHASES {
                 rep.push_str(&steady::phase_table(tb, tc, names, p, *n));
             }
+            let _ = writeln!(
+                rep,
+                "WAL WRITE lock critical section (write transactions above; the calls one thread \
+                 makes between the fcntl that takes the -shm WRITE lock, byte 120, and the one \
+                 that releases it; F_SETLK or F_OFD_SETLK, whoever makes it):"
+            );
+            rep.push_str(&write_lock::table(
+                &write_lock::sections(tb, "write"),
+                &write_lock::sections(tc, "write"),
+                names,
+                *n,
+            ));
+            for c in a.checks.iter().filter(|c| c.what.starts_with("steady")) {
+                all_pass &= check_line(&mut rep, c);
+            }
             for p in steady::TXN_PHASES {
                 for (what, count) in steady::non_lock_own_calls(tc, p) {
                     let _ = writeln!(
@@ -190,6 +217,14 @@ pub(crate) fn text(
             }
         }
     }
+    if let Some((tb, tc, n)) = audit.and_then(|a| a.churn.as_ref()) {
+        let _ = writeln!(
+            rep,
+            "\nchurn cycle by system call (strace -f -y; a 100-row WAL database no other \
+             connection keeps open; the first cycle of the process not counted):"
+        );
+        rep.push_str(&churn_trace::table(tb, tc, [short(base), short(cand)], *n));
+    }
     let _ = writeln!(
         rep,
         "total {:.1} s; overall: {}",
@@ -197,6 +232,23 @@ pub(crate) fn text(
         if all_pass { "PASS" } else { "FAIL" }
     );
     (rep, all_pass)
+}
+
+/// One audit check as a report line (`audit WHAT: DETAIL  PASS|FAIL`); whether it passed
+/// (a figure that is only reported passes).
+fn check_line(rep: &mut String, c: &Check) -> bool {
+    let _ = writeln!(
+        rep,
+        "audit {}: {}{}",
+        c.what,
+        c.detail,
+        match c.verdict {
+            Some(true) => "  PASS",
+            Some(false) => "  FAIL",
+            None => "",
+        }
+    );
+    c.verdict.unwrap_or(true)
 }
 
 /// A side's label without its parenthesised detail (`main (e700e8a)` -> `main`), for
@@ -295,6 +347,22 @@ pub(crate) fn to_json(
             env.comparing() || r.pass(),
             ratios.join(",")
         );
+        if r.w == Workload::BusyDir {
+            let (mb, lb) = r.disruption(0);
+            let (mc, lc) = r.disruption(1);
+            let _ = write!(
+                j,
+                ",\"disruption\":{{\"target_files_per_s\":{},{}:{{\"median\":{},\"lowest\":{}}},\
+                 {}:{{\"median\":{},\"lowest\":{}}}}}",
+                env.sizes.busy_dir_rate,
+                json_str(kb),
+                json_num(mb),
+                json_num(lb),
+                json_str(kc),
+                json_num(mc),
+                json_num(lc)
+            );
+        }
         if r.w == Workload::Contention {
             j.push_str(",\"busy\":{");
             for (s, key) in [kb, kc].iter().enumerate() {
@@ -374,19 +442,37 @@ pub(crate) fn to_json(
             );
         }
         j.push_str("],\"checks\":[");
-        for (i, (what, pass, detail)) in a.checks.iter().enumerate() {
+        for (i, c) in a.checks.iter().enumerate() {
             let _ = write!(
                 j,
-                "{}{{\"check\":{},\"pass\":{},\"detail\":{}}}",
+                "{}{{\"check\":{},\"judged\":{},\"pass\":{},\"detail\":{}}}",
                 if i > 0 { "," } else { "" },
-                json_str(what),
-                pass,
-                json_str(detail)
+                json_str(&c.what),
+                c.verdict.is_some(),
+                c.verdict.unwrap_or(true),
+                json_str(&c.detail)
             );
         }
         j.push(']');
         if let Some((tb, tc, n)) = &a.steady {
             let _ = write!(j, ",\"steady\":{}", steady::to_json(tb, tc, [kb, kc], *n));
+            let _ = write!(
+                j,
+                ",\"write_lock\":{}",
+                write_lock::to_json(
+                    &write_lock::sections(tb, "write"),
+                    &write_lock::sections(tc, "write"),
+                    [kb, kc],
+                    *n
+                )
+            );
+        }
+        if let Some((tb, tc, n)) = &a.churn {
+            let _ = write!(
+                j,
+                ",\"churn\":{}",
+                churn_trace::to_json(tb, tc, [kb, kc], *n)
+            );
         }
         j.push('}');
     }

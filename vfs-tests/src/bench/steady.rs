@@ -139,11 +139,14 @@ pub enum Owner {
 #[derive(Clone, Debug)]
 pub struct Call {
     pub phase: String,
+    /// The thread that made it (strace `-f`'s pid column; 0 when the log has none).
+    pub pid: u32,
     pub name: String,
     /// What the call's descriptor or path argument names: `db`, `wal`, `shm`,
     /// `lock-file` (`<db>-walguard`), `dir`, `inotify`, `other`, or `-` (no file).
     pub file: &'static str,
-    /// The arguments and result as strace printed them.
+    /// The arguments and result as strace printed them (a call strace printed as
+    /// `<unfinished ...>` gets the text of its `<... resumed>` line appended).
     pub text: String,
     pub owner: Owner,
     /// The unwound frames of this binary and the libraries, innermost first.
@@ -214,6 +217,12 @@ impl Trace {
     }
 }
 
+/// Calls of a phase, `brk` left out: the C allocator growing the heap lands in a phase
+/// on one VFS and not on the other depending on where the heap's top falls.
+pub fn budgeted(t: &Trace, phase: &str) -> u64 {
+    t.phase(phase).filter(|c| c.name != "brk").count() as u64
+}
+
 /// Where strace is, if installed.
 pub fn strace() -> Option<PathBuf> {
     crate::bench::audit::strace_path()
@@ -233,6 +242,42 @@ pub fn trace(
     log: &Path,
     read_recheck_ms: u64,
 ) -> Result<Trace, String> {
+    let args: Vec<String> = [
+        "steady",
+        "--vfs",
+        vfs.name(),
+        "--n",
+        &n.to_string(),
+        "--rows",
+        &rows.to_string(),
+        "--read-recheck-ms",
+        &read_recheck_ms.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let t = run_traced(exe, &args, db, stacks, log)
+        .map_err(|e| format!("the steady-state child ({vfs}): {e}"))?;
+    for p in PHASES {
+        if !t.calls.iter().any(|c| c.phase == p) && p != "mmap-setup" {
+            return Err(format!(
+                "strace log {} has no call in phase {p}: is strace writing the expected format?",
+                log.display()
+            ));
+        }
+    }
+    Ok(t)
+}
+
+/// Runs `exe bench-child ARGS --db DB` under `strace -f -qq -y` (`-k` too when `stacks`),
+/// the log kept as `log`, and parses the log ([`parse`]).
+pub(crate) fn run_traced(
+    exe: &Path,
+    args: &[String],
+    db: &Path,
+    stacks: bool,
+    log: &Path,
+) -> Result<Trace, String> {
     let strace = strace().ok_or("strace is not installed (scripts/setup installs it)")?;
     let mut cmd = Command::new(&strace);
     cmd.args(["-f", "-qq", "-y"]);
@@ -243,16 +288,16 @@ pub fn trace(
         .arg("-o")
         .arg(log)
         .arg(exe)
-        .args(["bench-child", "steady", "--vfs", vfs.name(), "--db"])
+        .arg("bench-child")
+        .args(args)
+        .arg("--db")
         .arg(db)
-        .args(["--n", &n.to_string(), "--rows", &rows.to_string()])
-        .args(["--read-recheck-ms", &read_recheck_ms.to_string()])
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run {}: {e}", strace.display()))?;
     if !out.status.success() {
         return Err(format!(
-            "strace of the steady-state child ({vfs}) failed ({}): {}{}",
+            "strace failed ({}): {}{}",
             out.status,
             String::from_utf8_lossy(&out.stdout).trim(),
             String::from_utf8_lossy(&out.stderr).trim()
@@ -260,16 +305,7 @@ pub fn trace(
     }
     let text =
         fs::read_to_string(log).map_err(|e| format!("cannot read {}: {e}", log.display()))?;
-    let t = parse(&text, db);
-    for p in PHASES {
-        if !t.calls.iter().any(|c| c.phase == p) && p != "mmap-setup" {
-            return Err(format!(
-                "strace log {} has no call in phase {p}: is strace writing the expected format?",
-                log.display()
-            ));
-        }
-    }
-    Ok(t)
+    Ok(parse(&text, db))
 }
 
 /// What a descriptor's path (`strace -y`) or a path argument names, for database `db`.
@@ -342,7 +378,19 @@ fn uninteresting(object: &str, sym: &str) -> bool {
         .any(|p| sym.starts_with(p))
 }
 
-/// Parses an `strace -f -y [-k]` log of the steady-state child.
+/// The pid column of an `strace -f` line (0 without one) and the rest of the line.
+fn split_pid(raw: &str) -> (u32, &str) {
+    let line = raw.trim_start();
+    match line.split_once(' ') {
+        Some((pid, rest)) if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) => {
+            (pid.parse().unwrap_or(0), rest.trim_start())
+        }
+        _ => (0, line),
+    }
+}
+
+/// Parses an `strace -f -y [-k]` log of a traced child (the steady state, the churn
+/// cycles): every call after the first phase marker, with its phase and thread.
 pub fn parse(text: &str, db: &Path) -> Trace {
     let db_s = db.to_string_lossy().into_owned();
     let dir_s = db
@@ -353,6 +401,8 @@ pub fn parse(text: &str, db: &Path) -> Trace {
     let mut phase: Option<String> = None;
     // Index of the last call recorded, to attach the frames that follow it.
     let mut last: Option<usize> = None;
+    // Per thread, the call strace left `<unfinished ...>`.
+    let mut unfinished: BTreeMap<u32, usize> = BTreeMap::new();
     for raw in text.lines() {
         if raw.trim_start().starts_with('>') {
             if let (Some(i), Some((object, sym))) = (last, frame_symbol(raw)) {
@@ -372,6 +422,21 @@ pub fn parse(text: &str, db: &Path) -> Trace {
             continue;
         }
         last = None;
+        let (pid, after_pid) = split_pid(raw);
+        // `PID <... name resumed>REST`: the end of a call printed unfinished.
+        if after_pid.starts_with("<... ") {
+            if let (Some(r), Some(&idx)) = (after_pid.find(" resumed>"), unfinished.get(&pid)) {
+                let rest = &after_pid[r + " resumed>".len()..];
+                let c = &mut t.calls[idx];
+                if let Some(cut) = c.text.find("<unfinished ...>") {
+                    c.text.truncate(cut);
+                }
+                c.text.push_str(rest);
+                unfinished.remove(&pid);
+                last = Some(idx);
+            }
+            continue;
+        }
         let Some((name, rest, line)) = super::audit::strace_call(raw) else {
             continue;
         };
@@ -384,8 +449,12 @@ pub fn parse(text: &str, db: &Path) -> Trace {
             continue;
         }
         let Some(p) = phase.as_ref() else { continue };
+        if rest.contains("<unfinished ...>") {
+            unfinished.insert(pid, t.calls.len());
+        }
         t.calls.push(Call {
             phase: p.clone(),
+            pid,
             name: name.to_owned(),
             file: file_of(rest, &db_s, &dir_s),
             text: rest.to_owned(),

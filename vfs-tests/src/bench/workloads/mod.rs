@@ -1,19 +1,22 @@
 //! The workloads: what each measures, its sizes and target, and one VFS's run of one
 //! round ([`run_once`]); [`run_workload`] alternates the VFSs over the rounds.
 
+pub(crate) mod busy_dir;
 pub(crate) mod churn;
 pub(crate) mod contention;
 pub(crate) mod read;
 pub(crate) mod speedtest1;
 pub(crate) mod write;
 
-use crate::bench::measure::{fmt_secs, median, Sample};
+use crate::bench::measure::{fmt_secs, median, min_max, Sample};
 use crate::bench::{Env, Side};
 use crate::worker::Vfs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Workload {
     WriteNormal,
+    /// `write-normal` while another process creates and removes files beside the database.
+    BusyDir,
     WriteFull,
     Batched,
     ReadPoint,
@@ -24,8 +27,9 @@ pub(crate) enum Workload {
     Speedtest1,
 }
 
-pub(crate) const ALL: [Workload; 7] = [
+pub(crate) const ALL: [Workload; 8] = [
     Workload::WriteNormal,
+    Workload::BusyDir,
     Workload::WriteFull,
     Workload::Batched,
     Workload::ReadPoint,
@@ -67,6 +71,7 @@ impl Workload {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Workload::WriteNormal => "write-normal",
+            Workload::BusyDir => "busy-dir",
             Workload::WriteFull => "write-full",
             Workload::Batched => "batched",
             Workload::ReadPoint => "read-point",
@@ -85,7 +90,7 @@ impl Workload {
 
     pub(crate) fn target(self) -> Target {
         match self {
-            Workload::Churn => Target::MaxCostRatio(1.05),
+            Workload::Churn | Workload::BusyDir => Target::MaxCostRatio(1.05),
             Workload::Contention => Target::MinThroughputRatio(0.98),
             Workload::Speedtest1 => Target::Info,
             _ => Target::MaxCostRatio(1.02),
@@ -95,7 +100,7 @@ impl Workload {
     /// What one operation is, for the report.
     pub(crate) fn unit(self) -> &'static str {
         match self {
-            Workload::WriteNormal | Workload::WriteFull => "commit",
+            Workload::WriteNormal | Workload::BusyDir | Workload::WriteFull => "commit",
             Workload::Batched => "10k-row txn",
             Workload::ReadPoint => "lookup",
             Workload::Scan => "scan",
@@ -116,6 +121,9 @@ pub(crate) struct Sizes {
     pub(crate) rounds: usize,
     pub(crate) warmup: bool,
     pub(crate) write_normal: u64,
+    /// `busy-dir`: commits, and the disruptor's files per second.
+    pub(crate) busy_dir: u64,
+    pub(crate) busy_dir_rate: u64,
     pub(crate) write_full: u64,
     pub(crate) batched_txns: u64,
     pub(crate) read_db_bytes: u64,
@@ -125,6 +133,8 @@ pub(crate) struct Sizes {
     pub(crate) contend_procs: usize,
     pub(crate) contend_ms: u64,
     pub(crate) audit_txns: u64,
+    /// Churn cycles traced by the audit.
+    pub(crate) audit_churn: u64,
     pub(crate) speedtest1_size: u64,
 }
 
@@ -134,6 +144,8 @@ impl Sizes {
             rounds: 9,
             warmup: true,
             write_normal: 30_000,
+            busy_dir: 30_000,
+            busy_dir_rate: busy_dir::RATE,
             write_full: 1_500,
             batched_txns: 40,
             read_db_bytes: 100 << 20,
@@ -143,6 +155,7 @@ impl Sizes {
             contend_procs: 8,
             contend_ms: 2_000,
             audit_txns: 1_000,
+            audit_churn: 200,
             speedtest1_size: 20,
         }
     }
@@ -152,6 +165,8 @@ impl Sizes {
             rounds: 3,
             warmup: false,
             write_normal: 200,
+            busy_dir: 200,
+            busy_dir_rate: busy_dir::RATE,
             write_full: 20,
             batched_txns: 1,
             read_db_bytes: 4 << 20,
@@ -161,6 +176,7 @@ impl Sizes {
             contend_procs: 8,
             contend_ms: 300,
             audit_txns: 200,
+            audit_churn: 50,
             speedtest1_size: 2,
         }
     }
@@ -168,6 +184,7 @@ impl Sizes {
     pub(crate) fn ops(&self, w: Workload) -> u64 {
         match w {
             Workload::WriteNormal => self.write_normal,
+            Workload::BusyDir => self.busy_dir,
             Workload::WriteFull => self.write_full,
             Workload::Batched => self.batched_txns,
             Workload::ReadPoint => self.lookups,
@@ -185,6 +202,7 @@ pub(crate) fn run_once(env: &Env, w: Workload, vfs: Vfs, round: usize) -> Result
         Workload::WriteNormal | Workload::WriteFull => {
             write::single_row_commits(env, w, vfs, round)
         }
+        Workload::BusyDir => busy_dir::busy_dir(env, vfs, round),
         Workload::Batched => write::batched(env, vfs, round),
         Workload::ReadPoint => read::point(env, vfs, round),
         Workload::Scan => read::scan(env, vfs),
@@ -259,6 +277,17 @@ impl WorkloadResult {
             })
             .collect();
         median(&v)
+    }
+
+    /// `busy-dir`: the disruptor's achieved files per second over the rounds of one
+    /// side: (median, lowest).
+    pub(crate) fn disruption(&self, which: usize) -> (f64, f64) {
+        let v: Vec<f64> = self
+            .rounds
+            .iter()
+            .map(|r| (if which == 0 { &r.0 } else { &r.1 }).dir_files_per_s as f64)
+            .collect();
+        (median(&v), min_max(&v).0)
     }
 
     pub(crate) fn figure_text(&self, which: usize) -> String {
