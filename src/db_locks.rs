@@ -290,6 +290,35 @@ impl DbLocks {
         true
     }
 
+    /// For a set-up of a new index by `handle`: the gate exclusively *and* the previous
+    /// build's WRITE mirror byte, in one `fcntl` (they are adjacent), plus one reference
+    /// on the gate (the set-up's own). Only when this process holds the gate for nothing
+    /// else. `false`: someone else holds either byte, or the carrier cannot write.
+    pub(crate) fn gate_setup_exclusive(&self, handle: u64) -> bool {
+        let mut s = self.inner.lock();
+        if s.gate_excl.is_some() || s.gate_refs > 0 || s.old_write {
+            return false;
+        }
+        if s.candidates
+            .iter()
+            .any(|c| c.handle == handle && c.writable)
+            && !matches!(s.carrier, Some(c) if c.source == Source::Lent(handle))
+        {
+            s.move_to(handle, self.ino);
+        }
+        let Some(c) = s.carrier.filter(|c| c.writable) else {
+            return false;
+        };
+        if !matches!(fd::ofd_lock(c.fd, Lock::Write, OLD_WRITE, 2), Ok(true)) {
+            return false;
+        }
+        s.gate_held = Some(Lock::Write);
+        s.gate_excl = Some(handle);
+        s.old_write = true;
+        s.gate_refs += 1;
+        true
+    }
+
     /// Ends `handle`'s exclusive hold: back to shared if this process still has reasons,
     /// else released.
     pub(crate) fn gate_end_exclusive(&self, handle: u64) {
@@ -302,20 +331,6 @@ impl DbLocks {
         let s = self.inner.lock();
         let Some(c) = s.carrier else { return true };
         !matches!(fd::ofd_probe(c.fd, Lock::Write, GATE, 1), Ok(None))
-    }
-
-    /// Takes the previous build's WRITE mirror byte (set-up of a new index waits for that
-    /// build's writers). `false`: one is writing, or the carrier cannot write.
-    pub(crate) fn old_write_try(&self) -> bool {
-        let mut s = self.inner.lock();
-        if s.old_write {
-            return true;
-        }
-        let Some(c) = s.carrier.filter(|c| c.writable) else {
-            return false;
-        };
-        s.old_write = matches!(fd::ofd_lock(c.fd, Lock::Write, OLD_WRITE, 1), Ok(true));
-        s.old_write
     }
 
     pub(crate) fn old_write_release(&self) {
@@ -403,6 +418,7 @@ impl Inner {
             return;
         }
         let mut taken: Vec<(i64, i64)> = Vec::with_capacity(2);
+        // (`taken` then names what the old carrier held: released there once moved.)
         let wanted = [
             (self.mirror, SHARED_FIRST, SHARED_SIZE),
             (self.gate_held.is_some(), GATE, 1),
@@ -427,30 +443,47 @@ impl Inner {
             source: Source::Lent(handle),
         });
         if let Some(old) = old {
-            release_carrier(old, ino);
+            release_carrier(old, ino, &taken);
         }
     }
 
     /// No connection is left to carry the locks: release everything still held.
     fn drop_carrier(&mut self, ino: u64) {
+        let held = self.held();
         self.mirror = false;
         self.gate_held = None;
         self.gate_refs = 0;
         self.gate_excl = None;
         self.old_write = false;
         if let Some(old) = self.carrier.take() {
-            release_carrier(old, ino);
+            release_carrier(old, ino, &held);
         }
+    }
+
+    /// The byte ranges locked through the carrier now.
+    fn held(&self) -> Vec<(i64, i64)> {
+        let mut v = Vec::new();
+        if self.mirror {
+            v.push((SHARED_FIRST, SHARED_SIZE));
+        }
+        if self.old_write {
+            v.push((OLD_WRITE, 1));
+        }
+        if self.gate_held.is_some() {
+            v.push((GATE, 1));
+        }
+        v
     }
 }
 
 /// Gives a former carrier back: its locks released, a lent descriptor returned to its
 /// connection, an own one closed when that cannot cancel POSIX locks.
-fn release_carrier(c: Carrier, ino: u64) {
+fn release_carrier(c: Carrier, ino: u64, held: &[(i64, i64)]) {
     match c.source {
         Source::Lent(_) => {
-            let _ = fd::ofd_lock(c.fd, Lock::Unlock, SHARED_FIRST, SHARED_SIZE);
-            let _ = fd::ofd_lock(c.fd, Lock::Unlock, OLD_WRITE, 2);
+            for &(start, len) in held {
+                let _ = fd::ofd_lock(c.fd, Lock::Unlock, start, len);
+            }
             fd::give_back(c.fd);
         }
         Source::Own => fd::close_when_safe(c.fd, ino),

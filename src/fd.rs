@@ -356,8 +356,9 @@ static DEFERRED: Mutex<Vec<(RawFd, u64)>> = Mutex::new(Vec::new());
 /// defers the close to [`flush_deferred`]. The descriptor's own OFD locks are released
 /// either way.
 pub(crate) fn close_when_safe(fd: RawFd, ino: u64) {
-    let _ = ofd_lock(fd, Lock::Unlock, 0, 0);
+    // The probe ignores this description's own OFD locks; the close drops them.
     if close_could_cancel_locks(fd, ino) {
+        let _ = ofd_lock(fd, Lock::Unlock, 0, 0);
         crate::stats::bump!(close_deferred);
         tracing::debug!(target: "walguard", fd, ino, "close deferred: this process still holds POSIX locks on the file");
         DEFERRED.lock().push((fd, ino));

@@ -130,7 +130,7 @@ pub(crate) fn attach(node: &Arc<DbNode>, req: &MapRequest) -> Result<Arc<ShmNode
     let watched = g4::watch(node, &shm, req.wal_fd);
     if let Err(r) = g4::still_at_paths(node, &shm) {
         // Replaced before the watch began: this index is nobody's.
-        g4::unwatch(&shm);
+        g4::unwatch(&shm, true);
         if !shm.readonly {
             node.locks.gate_leave();
         }
@@ -151,59 +151,54 @@ pub(crate) fn attach(node: &Arc<DbNode>, req: &MapRequest) -> Result<Arc<ShmNode
 }
 
 /// Joins or sets up the index of the `-shm` just opened, holding one reference on the
-/// gate on success (the caller keeps it for the mapping or gives it back).
+/// gate on success (the caller keeps it for the mapping or gives it back). The dead-man
+/// switch is asked first: a live index is joined with the gate shared; a new one is set up
+/// with the gate (and the previous build's WRITE mirror) exclusive.
 fn set_up(node: &DbNode, shm: &ShmNode, handle: u64) -> Result<(), Refusal> {
     let locks = &node.locks;
-    if !locks.gate_enter() {
-        return Err(setup_busy(
-            "WAL set-up waits: another process is setting up or tearing down this WAL",
-        ));
-    }
-    let fail = |r: Refusal| {
-        locks.gate_leave();
-        Err(r)
-    };
     match shm.lock_dms() {
-        Ok(Dms::Live) | Ok(Dms::CantInit) => return Ok(()),
+        Ok(Dms::Live) | Ok(Dms::CantInit) => {
+            if !locks.gate_enter() {
+                shm.release_dms();
+                return Err(setup_busy(
+                    "WAL set-up waits: another process is setting up or tearing down this WAL",
+                ));
+            }
+            return Ok(());
+        }
         Ok(Dms::Fresh) => {}
         Err(rc) if rc == ffi::SQLITE_BUSY => {
-            return fail(setup_busy(
+            return Err(setup_busy(
                 "WAL set-up waits: another process is resetting the index",
             ))
         }
-        Err(rc) => return fail(lock_error(rc, shm)),
+        Err(rc) => return Err(lock_error(rc, shm)),
     }
     // Nobody maps this -shm: a new index. Nobody may still map an older one either.
     let new_index = if locks.writable() {
-        if !locks.gate_try_exclusive(handle, 1) {
+        if !locks.gate_setup_exclusive(handle) {
             shm.release_dms();
-            return fail(stale_holders());
-        }
-        if !locks.old_write_try() {
-            locks.gate_end_exclusive(handle);
-            shm.release_dms();
-            return fail(setup_busy(
-                "WAL set-up waits: a process of an earlier walguard build is writing",
-            ));
+            return Err(stale_holders());
         }
         shm.begin_setup(handle);
         true
     } else {
         // Read-only here: probe, and wait while anyone holds the gate.
-        if locks.gate_held_elsewhere() {
+        if locks.gate_held_elsewhere() || !locks.gate_enter() {
             shm.release_dms();
-            return fail(stale_holders());
+            return Err(stale_holders());
         }
         false
     };
     if let Err(e) = shm.reset() {
         if new_index {
-            // Ends the set-up (gate back to shared, old WRITE mirror released).
+            // Ends the set-up (the exclusive bytes released).
             shm.purge(false, false);
         } else {
             shm.release_dms();
         }
-        return fail(Refusal::new(
+        locks.gate_leave();
+        return Err(Refusal::new(
             e.code,
             &COUNTERS.degraded,
             "error",
@@ -252,15 +247,14 @@ pub(crate) fn detach(
     }
     drop(st);
     // The descriptor is kept for the next mapping where the watcher will tell if the file
-    // goes (registry: closing it could cancel another runtime's POSIX locks).
-    let keep = shm.watched() && !shm.is_poisoned();
+    // goes (registry: closing it could cancel another runtime's POSIX locks). Deleted
+    // files take their kernel watches with them.
+    let keep = shm.watched() && !shm.is_poisoned() && !delete;
     if !keep {
-        g4::unwatch(shm);
+        g4::unwatch(shm, !delete);
     }
     if let Some(kept) = shm.purge(delete, keep) {
         crate::registry::keep_shm(node, kept);
-    } else if keep {
-        g4::unwatch(shm);
     }
 }
 

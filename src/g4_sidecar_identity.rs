@@ -419,7 +419,7 @@ pub(crate) fn watch(node: &Arc<DbNode>, shm: &Arc<ShmNode>, wal_fd: Option<RawFd
         (Some(_), None, Some(p)) => files.push(watch::File::Path(p)),
         _ => {}
     }
-    let Some(reg) = watch::watch(shm.fd, &files, owner.clone()) else {
+    let Some(reg) = watch::watch(shm.inode.0, shm.fd, &files, owner.clone()) else {
         return false;
     };
     shm.set_watch_instance(reg.instance());
@@ -443,13 +443,14 @@ fn prune(node: &DbNode) {
     for mw in gone {
         let taken = mw.reg.lock().take();
         if let Some((reg, owner)) = taken {
-            watch::unwatch(&reg, &owner);
+            watch::unwatch(&reg, &owner, true);
         }
     }
 }
 
-/// The mapping `shm` ends: its watch goes.
-pub(crate) fn unwatch(shm: &ShmNode) {
+/// The mapping `shm` ends: its watch goes (the kernel's too, unless `kernel` is false
+/// because the files are being deleted, which removes their watches by itself).
+pub(crate) fn unwatch(shm: &ShmNode, kernel: bool) {
     let mw = {
         let mut watched = WATCHED.lock();
         let Some(i) = watched
@@ -462,7 +463,7 @@ pub(crate) fn unwatch(shm: &ShmNode) {
     };
     let taken = mw.reg.lock().take();
     if let Some((reg, owner)) = taken {
-        watch::unwatch(&reg, &owner);
+        watch::unwatch(&reg, &owner, kernel);
     }
 }
 
@@ -512,7 +513,10 @@ pub(crate) fn transaction_start(
     }
     let mut gate_taken = false;
     if write || read {
-        match before_transaction(node, shm, write, checked) {
+        // A checkpoint lock taken under the WRITE lock (recovery, a checkpoint after a
+        // commit) was covered by the WRITE lock's own start.
+        let covered = write && hold.excl & 1 != 0;
+        match before_transaction(node, shm, write && !covered, checked) {
             Ok(taken) => gate_taken = taken,
             Err(r) => return r.report(&node.path),
         }

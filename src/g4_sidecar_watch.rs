@@ -95,17 +95,18 @@ impl Registration {
     }
 }
 
-/// Watches `files` (on the file system of `fs_fd`) for `owner`. `None`: no watcher here
+/// Watches `files` (on the file system `dev`, where `fs_fd` is open) for `owner`. `None`: no watcher here
 /// (turned off, not possible on this file system, no inotify or thread); the owner then
 /// checks with `stat` at every transaction.
 pub(crate) fn watch(
+    dev: u64,
     fs_fd: RawFd,
     files: &[File],
     owner: Weak<dyn Watched>,
 ) -> Option<Registration> {
     #[cfg(target_os = "linux")]
     {
-        if !ENABLED.load(SeqCst) || !sees_every_change(fs_fd) {
+        if !ENABLED.load(SeqCst) || !sees_every_change(dev, fs_fd) {
             return None;
         }
         register_fork_hooks();
@@ -132,7 +133,7 @@ pub(crate) fn watch(
             // SAFETY: `path` is NUL-terminated; adding a watch twice returns the same wd.
             let wd = unsafe { libc::inotify_add_watch(ifd, path.as_ptr(), mask) };
             if wd < 0 {
-                forget_wds(&mut targets, &wds, None);
+                forget_wds(&mut targets, &wds, None, true);
                 return None;
             }
             wds.push(wd);
@@ -145,27 +146,33 @@ pub(crate) fn watch(
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = (fs_fd, files, owner);
+        let _ = (dev, fs_fd, files, owner);
         None
     }
 }
 
-/// `owner` stops watching what `reg` registered. The kernel's watches go too, unless
-/// another owner shares them (they go by themselves when a file is deleted).
-pub(crate) fn unwatch(reg: &Registration, owner: &Weak<dyn Watched>) {
+/// `owner` stops watching what `reg` registered. The kernel's watches go too when
+/// `kernel` and no other owner shares them (they go by themselves when a file is deleted:
+/// pass `false` then, and save the system calls).
+pub(crate) fn unwatch(reg: &Registration, owner: &Weak<dyn Watched>, kernel: bool) {
     let mut targets = TARGETS.lock();
     if reg.instance != INSTANCE.load(SeqCst) {
         return;
     }
-    forget_wds(&mut targets, &reg.wds, Some(owner));
+    forget_wds(&mut targets, &reg.wds, Some(owner), kernel);
 }
 
-/// Removes `owner`'s entries for `wds` (every owner's when `None`), and the kernel watch
-/// of a wd nobody uses any more.
-fn forget_wds(targets: &mut Vec<Target>, wds: &[i32], owner: Option<&Weak<dyn Watched>>) {
+/// Removes `owner`'s entries for `wds` (every owner's when `None`), and (`kernel`) the
+/// kernel watch of a wd nobody uses any more.
+fn forget_wds(
+    targets: &mut Vec<Target>,
+    wds: &[i32],
+    owner: Option<&Weak<dyn Watched>>,
+    kernel: bool,
+) {
     for &wd in wds {
         targets.retain(|t| t.wd != wd || owner.is_some_and(|o| !Weak::ptr_eq(&t.owner, o)));
-        if !targets.iter().any(|t| t.wd == wd) {
+        if kernel && !targets.iter().any(|t| t.wd == wd) {
             // SAFETY: plain syscall; a wd the kernel already dropped gives EINVAL.
             unsafe { libc::inotify_rm_watch(FD.load(SeqCst), wd) };
         }
@@ -540,12 +547,7 @@ fn child_after_fork() {
 /// FUSE file systems, where other machines or the server change files unseen. One
 /// `fstatfs` per file system and process.
 #[cfg(target_os = "linux")]
-fn sees_every_change(fd: RawFd) -> bool {
-    let Ok(st) = crate::fd::fstat(fd) else {
-        return false;
-    };
-    #[allow(clippy::unnecessary_cast)]
-    let dev = st.st_dev as u64;
+fn sees_every_change(dev: u64, fd: RawFd) -> bool {
     if let Some(&(_, yes)) = FS_SEEN.lock().iter().find(|(d, _)| *d == dev) {
         return yes;
     }
@@ -623,7 +625,8 @@ mod tests {
         let owner = Arc::new(Counter(std::sync::atomic::AtomicUsize::new(0)));
         let weak: Weak<dyn Watched> = Arc::downgrade(&(owner.clone() as Arc<dyn Watched>));
         let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
-        let reg = watch(fd, &[File::Fd(fd)], weak.clone()).expect("a local file is watched");
+        let dev = std::os::unix::fs::MetadataExt::dev(&f.metadata().expect("metadata"));
+        let reg = watch(dev, fd, &[File::Fd(fd)], weak.clone()).expect("a local file is watched");
         // Unrelated activity in the same directory: no event for the owner.
         for i in 0..20 {
             let p = dir.path().join(format!("other-{i}"));
@@ -641,6 +644,6 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         assert!(owner.0.load(SeqCst) > 0, "the unlink reached the owner");
-        unwatch(&reg, &weak);
+        unwatch(&reg, &weak, true);
     }
 }

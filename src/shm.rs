@@ -720,7 +720,13 @@ impl ShmNode {
                 readonly: self.readonly,
             });
         }
-        fd::close_when_safe(self.fd, self.inode.1);
+        if delete {
+            // A tear-down found nobody else holding the file (other SQLite runtimes of
+            // this process included): closing it cancels nobody's lock.
+            fd::close(self.fd);
+        } else {
+            fd::close_when_safe(self.fd, self.inode.1);
+        }
         None
     }
 
