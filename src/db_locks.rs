@@ -417,6 +417,9 @@ impl Inner {
         if self.gate_excl.is_some() || self.old_write {
             return;
         }
+        // Recorded before any lock is taken through it: a fork from another thread from
+        // now on gives the child a fresh description of it, never one with our locks.
+        fd::lend(new_fd, new_writable);
         let mut taken: Vec<(i64, i64)> = Vec::with_capacity(2);
         // (`taken` then names what the old carrier held: released there once moved.)
         let wanted = [
@@ -433,10 +436,10 @@ impl Inner {
                 for (s, l) in taken {
                     let _ = fd::ofd_lock(new_fd, Lock::Unlock, s, l);
                 }
+                fd::give_back(new_fd);
                 return;
             }
         }
-        fd::lend(new_fd, new_writable);
         self.carrier = Some(Carrier {
             fd: new_fd,
             writable: new_writable,
