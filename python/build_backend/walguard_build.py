@@ -62,9 +62,13 @@ ENTRY_POINTS = ("sqlite3_walguard_init", "sqlite3_walguard_nodefault_init")
 # The only SQLite symbols the preload library may define: the functions it interposes.
 INTERPOSED = ("sqlite3_open", "sqlite3_open_v2", "sqlite3_open16")
 # The .pth hook (one line, run by site at every start-up of the environment's Pythons):
-# one environment lookup, and only when WALGUARD_AUTO is set an import of the hook.
+# one environment lookup, and only when WALGUARD_AUTO is set (and not 0) an import of
+# the hook.
 PTH_NAME = "walguard_auto.pth"
-PTH_LINE = 'import os; os.environ.get("WALGUARD_AUTO") and __import__("walguard._auto")\n'
+PTH_LINE = (
+    'import os; os.environ.get("WALGUARD_AUTO", "0") not in ("0", "") '
+    'and __import__("walguard._auto")\n'
+)
 # The line of walguard/__init__.py that the build gives the crate's version.
 VERSION_LINE = '__version__: str = "0+unknown"'
 CARGO_ARGS = [

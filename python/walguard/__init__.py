@@ -27,8 +27,6 @@ Importing this module is cheap (no ``sqlite3``, ``json``, ``typing`` or
 SQLite.
 """
 
-from __future__ import annotations
-
 import _thread
 import os
 import sys
@@ -133,7 +131,7 @@ def _entry(default: bool) -> str:
     return ENTRY_DEFAULT if default else ENTRY_NODEFAULT
 
 
-def _apsw_module(conn: object) -> Optional[Any]:
+def _apsw_module(conn: object) -> "Optional[Any]":
     """The ``apsw`` module if ``conn`` is one of its connections (never imports it)."""
     apsw_mod = sys.modules.get("apsw")
     connection_type = getattr(apsw_mod, "Connection", None)
@@ -142,7 +140,7 @@ def _apsw_module(conn: object) -> Optional[Any]:
     return None
 
 
-def _has_stats_function(conn: Any) -> bool:
+def _has_stats_function(conn: "Any") -> bool:
     """Whether ``conn`` has ``walguard_stats()``: walguard is registered in its runtime
     (it adds the function to every connection opened after it was)."""
     try:
@@ -152,7 +150,7 @@ def _has_stats_function(conn: Any) -> bool:
     return True
 
 
-def _load_into_sqlite3(conn: sqlite3.Connection, entry: str) -> None:
+def _load_into_sqlite3(conn: "sqlite3.Connection", entry: str) -> None:
     """Through ``conn.enable_load_extension`` (the caller checked it exists)."""
     import sqlite3
 
@@ -179,7 +177,7 @@ def _load_into_sqlite3(conn: sqlite3.Connection, entry: str) -> None:
             conn.enable_load_extension(False)
 
 
-def _into_sqlite3(conn: Optional[sqlite3.Connection], default: bool) -> None:
+def _into_sqlite3(conn: "Optional[sqlite3.Connection]", default: bool) -> None:
     """Registers walguard in the ``sqlite3`` module's runtime, through ``conn`` when it
     can load extensions, else through a private connection of its own."""
     global _sqlite3_entry
@@ -212,7 +210,7 @@ def _into_sqlite3(conn: Optional[sqlite3.Connection], default: bool) -> None:
         _sqlite3_entry = entry
 
 
-def _load_into_apsw(conn: Any, apsw_mod: Any, entry: str) -> None:
+def _load_into_apsw(conn: "Any", apsw_mod: "Any", entry: str) -> None:
     if not hasattr(conn, "enable_load_extension"):
         raise ExtensionLoadingUnavailable(_no_loading_message("This apsw build"))
     path = loadable_path()
@@ -235,7 +233,7 @@ def _load_into_apsw(conn: Any, apsw_mod: Any, entry: str) -> None:
         conn.enable_load_extension(was_enabled)
 
 
-def load(conn: Connection, default: bool = True) -> None:
+def load(conn: "Connection", default: bool = True) -> None:
     """Load walguard into the SQLite runtime of ``conn``.
 
     ``conn`` is a ``sqlite3.Connection`` or an ``apsw.Connection``. Extension loading is
@@ -300,7 +298,7 @@ def install(default: bool = True) -> None:
     _into_sqlite3(None, default)
 
 
-def _query_stats(conn: Any, runtime: str) -> Dict[str, int]:
+def _query_stats(conn: "Any", runtime: str) -> "Dict[str, int]":
     import json
 
     cursor = conn.cursor()
@@ -326,7 +324,7 @@ def _query_stats(conn: Any, runtime: str) -> Dict[str, int]:
     return counters
 
 
-def stats(conn: Optional[Connection] = None) -> Dict[str, int]:
+def stats(conn: "Optional[Connection]" = None) -> "Dict[str, int]":
     """Return walguard's counters as a dict, e.g. ``{"db_opened": 2, ...}``.
 
     The counters are per process, shared by every SQLite runtime that loaded walguard

@@ -5,8 +5,6 @@ Both run the ``walguard`` binary shipped in this package (``doctor``, ``exec``; 
 ``libwalguard.so`` next to itself, here.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 

@@ -1,8 +1,8 @@
 """``WALGUARD_AUTO=1``: walguard in every Python process of an environment, no code changed.
 
 The wheel ships ``walguard_auto.pth`` into site-packages. Python's ``site`` module runs its
-one line at start-up: it looks up ``WALGUARD_AUTO`` and, only when it is set, imports this
-module (unset, that lookup is all it costs). This module puts a finder at the front of
+one line at start-up: it looks up ``WALGUARD_AUTO`` and, only when it is set to something
+other than ``0``, imports this module (unset or ``0``, that lookup is all it costs). This module puts a finder at the front of
 ``sys.meta_path`` that waits for the first import of ``sqlite3`` and of ``apsw``: when
 one of them has finished executing, walguard is installed into that runtime
 (:func:`walguard.install`, or :func:`walguard.load` of a private ``apsw`` connection),
@@ -17,8 +17,6 @@ never stops the program: the import returns the module as usual, unguarded.
 Values: ``1``, ``true``, ``yes``, ``on`` enable it; ``0``, ``false``, ``no``, ``off`` and
 the empty string do not; any other value is reported once and ignored.
 """
-
-from __future__ import annotations
 
 import os
 import sys
@@ -43,13 +41,13 @@ def _warn(message: str) -> None:
     warnings.warn(message, WalguardAutoWarning, stacklevel=2)
 
 
-def _install_sqlite3(module: ModuleType) -> None:
+def _install_sqlite3(module: "ModuleType") -> None:
     import walguard
 
     walguard.install()
 
 
-def _install_apsw(module: ModuleType) -> None:
+def _install_apsw(module: "ModuleType") -> None:
     import walguard
 
     boot = module.Connection(":memory:")
@@ -62,7 +60,7 @@ def _install_apsw(module: ModuleType) -> None:
 _ACTIONS = {"sqlite3": _install_sqlite3, "apsw": _install_apsw}
 
 
-def _fire(name: str, module: ModuleType) -> None:
+def _fire(name: str, module: "ModuleType") -> None:
     try:
         _ACTIONS[name](module)
     except Exception as e:  # reported, never raised into the importing program
@@ -77,15 +75,15 @@ class _Loader:
     """Wraps the real loader of `sqlite3`/`apsw` to install walguard after the module
     executed; the real loader is put back on the module and its spec."""
 
-    def __init__(self, loader: Any, finder: _Finder, name: str) -> None:
+    def __init__(self, loader: "Any", finder: "_Finder", name: str) -> None:
         self._loader = loader
         self._finder = finder
         self._name = name
 
-    def create_module(self, spec: Any) -> Any:
+    def create_module(self, spec: "Any") -> "Any":
         return self._loader.create_module(spec)
 
-    def exec_module(self, module: ModuleType) -> None:
+    def exec_module(self, module: "ModuleType") -> None:
         self._loader.exec_module(module)
         if getattr(module, "__loader__", None) is self:
             module.__loader__ = self._loader
@@ -95,14 +93,14 @@ class _Loader:
         if self._finder.take(self._name):
             _fire(self._name, module)
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> "Any":
         return getattr(self._loader, name)
 
 
 class _Finder:
     """The `sys.meta_path` entry: answers only for the names still pending."""
 
-    def __init__(self, names: Sequence[str]) -> None:
+    def __init__(self, names: "Sequence[str]") -> None:
         self._pending = set(names)
 
     def take(self, name: str) -> bool:
@@ -117,7 +115,7 @@ class _Finder:
                 pass
         return True
 
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Optional[Any]:
+    def find_spec(self, name: str, path: "Any" = None, target: "Any" = None) -> "Optional[Any]":
         if name not in self._pending:
             return None
         for finder in sys.meta_path:

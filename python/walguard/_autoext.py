@@ -20,8 +20,6 @@ makes need a function-pointer type and two simple types): the ``ctypes`` package
 it costs a millisecond and a half at import, ``_ctypes`` alone a few tenths.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 
@@ -63,7 +61,7 @@ class _IntOfVoid(_ctypes.CFuncPtr):  # type: ignore[misc,name-defined]
     _argtypes_ = ()
 
 
-def _symbol(handle: int, name: str) -> Optional[int]:
+def _symbol(handle: int, name: str) -> "Optional[int]":
     """``dlsym``: the address of `name` in the lookup scope of `handle`, or None."""
     try:
         address: int = _ctypes.dlsym(handle, name)
@@ -109,7 +107,7 @@ def _version_number(info: tuple) -> int:
     return int(major * 1_000_000 + minor * 1_000 + patch)
 
 
-def register(sqlite3_mod: ModuleType, path: str, entry: str) -> None:
+def register(sqlite3_mod: "ModuleType", path: str, entry: str) -> None:
     """Registers walguard (entry point `entry` of the library at `path`) in the SQLite
     library the `sqlite3` module uses. The caller holds the package's lock."""
     handle, where = _sqlite_library()

@@ -307,7 +307,7 @@ fn the_wheel_holds_the_package_the_stripped_binaries_and_the_crate_version() {
     let pth = read("walguard_auto.pth");
     assert_eq!(pth.lines().count(), 1, "one line: {pth:?}");
     assert!(
-        pth.starts_with("import os;") && pth.contains("os.environ.get(\"WALGUARD_AUTO\")"),
+        pth.starts_with("import os; os.environ.get(\"WALGUARD_AUTO\""),
         "the .pth line must only look WALGUARD_AUTO up unless it is set: {pth:?}"
     );
 
