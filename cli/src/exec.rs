@@ -185,9 +185,10 @@ fn library_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// The new `LD_PRELOAD`: the preload library first, then what was there (once).
-/// The dynamic loader splits the variable at spaces and colons, so the path may hold
-/// neither.
+/// The new `LD_PRELOAD`: the preload library first, then what was there, without any
+/// other copy of it (a nested `walguard exec` of another install: two interposers would
+/// chain into each other). The dynamic loader splits the variable at spaces and colons,
+/// so the path may hold neither.
 fn preload_value(preload: &Path, existing: Option<OsString>) -> Result<OsString, String> {
     let ours = preload.as_os_str().as_bytes();
     if ours.iter().any(|&c| c == b' ' || c == b':') {
@@ -202,7 +203,7 @@ fn preload_value(preload: &Path, existing: Option<OsString>) -> Result<OsString,
         for entry in old
             .as_bytes()
             .split(|&c| c == b' ' || c == b':')
-            .filter(|e| !e.is_empty() && *e != ours)
+            .filter(|e| !e.is_empty() && !e.ends_with(PRELOAD_FILE.as_bytes()))
         {
             value.push(b':');
             value.extend_from_slice(entry);
@@ -859,6 +860,11 @@ mod tests {
             )
             .expect("ok"),
             OsString::from("/opt/wg/libwalguard_preload.so:libfoo.so:libbar.so")
+        );
+        // Another install's copy gives way: one interposer per process.
+        assert_eq!(
+            preload_value(p, Some("/venv/walguard/libwalguard_preload.so".into())).expect("ok"),
+            OsString::from("/opt/wg/libwalguard_preload.so")
         );
         assert!(preload_value(Path::new("/my libs/x.so"), None).is_err());
         assert!(preload_value(Path::new("/a:b/x.so"), None).is_err());
