@@ -8,6 +8,7 @@
 //! (bad input, or part of the picture unreadable), 64 usage error.
 
 mod elf;
+mod exec;
 mod files;
 mod header;
 mod holders;
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 const USAGE: &str = "\
 usage: walguard doctor [--json] [--watch SECS [--count N]] DB
+       walguard exec [--check] -- CMD [ARGS...]   (see walguard exec --help)
 
 Read-only incident triage for a SQLite database shared by many processes: its files
 (-wal, -shm, -journal, -walguard), header invariants, the -wal's frames and checksums,
@@ -178,6 +180,9 @@ fn diff_lines(old: &str, new: &str) -> Vec<String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "exec") {
+        return exec::main(&args[1..]);
+    }
     let a = match parse_args(&args) {
         Ok(Some(a)) => a,
         Ok(None) => {

@@ -1,24 +1,35 @@
 """The in-tree PEP 517 build backend of the walguard Python package (standard library only).
 
-It compiles the loadable extension with cargo (or takes a prebuilt ``libwalguard.so``),
-checks it, and writes a platform wheel with :mod:`zipfile`:
+It compiles three artifacts with cargo (or takes prebuilt ones): the loadable extension
+``libwalguard.so``, the preload library ``libwalguard_preload.so`` (``walguard exec``) and
+the ``walguard`` binary (``doctor``, ``exec``); checks them, strips them (``strip``, from
+binutils: the release build's line tables would make the extension ten times larger) and
+writes a platform wheel with :mod:`zipfile`:
 
 - the version and licence are the walguard crate's, read from the repository's
-  ``Cargo.toml`` (the Python metadata never repeats them);
-- the platform tag is derived from the ``.so`` itself: its ELF machine gives the
-  architecture, the highest ``GLIBC_x.y`` symbol version it requires (what ``objdump -T``
-  lists) gives ``manylinux_x_y``;
-- the build refuses a ``.so`` that defines or imports SQLite's own functions (a second
-  SQLite in the process is the split walguard exists to prevent), that lacks the two
-  entry points, or that needs a shared library outside the manylinux allow-list.
+  ``Cargo.toml`` (the Python metadata never repeats them); the version is also written
+  into ``walguard/__init__.py`` (``__version__``), so importing the package needs no
+  ``importlib.metadata``;
+- the platform tag is derived from the files themselves: their ELF machine gives the
+  architecture, the highest ``GLIBC_x.y`` symbol version any of them requires (what
+  ``objdump -T`` lists) gives ``manylinux_x_y``;
+- the build refuses an extension that defines or imports SQLite's own functions (a second
+  SQLite in the process is the split walguard exists to prevent) or lacks the two entry
+  points, a preload library that defines any ``sqlite3_*`` symbol but the three
+  ``sqlite3_open*`` it interposes or imports one, a binary that touches SQLite, and any
+  file that needs a shared library outside the manylinux allow-list;
+- ``walguard_auto.pth`` goes to site-packages (``WALGUARD_AUTO=1``, see
+  ``walguard/_auto.py``), and ``entry_points.txt`` makes pip install the ``walguard``
+  command (``walguard.__main__:main``, which runs the bundled binary).
 
 Nothing is fetched: ``requires = []``. As a script it is the backend of
 ``scripts/build-wheel``::
 
-    python3 python/build_backend/walguard_build.py [--so PATH] [--target TRIPLE] [--out DIR]
+    python3 python/build_backend/walguard_build.py [--so PATH] [--preload PATH]
+        [--cli PATH] [--target TRIPLE] [--out DIR]
 
 Through a PEP 517 frontend the same options are config settings, e.g.
-``pip wheel --no-deps -w target/wheels -C so=PATH ./python``.
+``pip wheel --no-deps -w target/wheels -C so=PATH -C preload=PATH -C cli=PATH ./python``.
 
 Needs Python >= 3.11 to build (``tomllib``); the wheel itself works on Python >= 3.8.
 """
@@ -45,7 +56,21 @@ PYTHON_DIR = Path(__file__).resolve().parent.parent
 REPO_ROOT = PYTHON_DIR.parent
 PACKAGE = "walguard"
 LIBRARY = "libwalguard.so"
+PRELOAD = "libwalguard_preload.so"
+BINARY = "walguard"
 ENTRY_POINTS = ("sqlite3_walguard_init", "sqlite3_walguard_nodefault_init")
+# The only SQLite symbols the preload library may define: the functions it interposes.
+INTERPOSED = ("sqlite3_open", "sqlite3_open_v2", "sqlite3_open16")
+# The .pth hook (one line, run by site at every start-up of the environment's Pythons):
+# one environment lookup, and only when WALGUARD_AUTO is set (and not 0) an import of
+# the hook.
+PTH_NAME = "walguard_auto.pth"
+PTH_LINE = (
+    'import os; os.environ.get("WALGUARD_AUTO", "0") not in ("0", "") '
+    'and __import__("walguard._auto")\n'
+)
+# The line of walguard/__init__.py that the build gives the crate's version.
+VERSION_LINE = '__version__: str = "0+unknown"'
 CARGO_ARGS = [
     "rustc",
     "--release",
@@ -58,6 +83,8 @@ CARGO_ARGS = [
     "--crate-type",
     "cdylib",
 ]
+PRELOAD_CARGO_ARGS = ["build", "--release", "-p", "walguard-preload", "--lib"]
+CLI_CARGO_ARGS = ["build", "--release", "-p", "walguard-cli", "--bin", "walguard"]
 # The libraries a manylinux wheel may link against without bundling them (PEP 600 defers
 # to the manylinux policies; these are the ones a Rust cdylib can need).
 ALLOWED_LIBRARIES = (
@@ -234,21 +261,22 @@ def wheel_text(tag: str) -> str:
 # Building the extension
 
 
-def cargo_build(target: Optional[str]) -> Path:
-    """Runs the cargo build of the loadable extension and returns the `.so` it made."""
+def cargo_build(args: List[str], target: Optional[str], crate: str, suffix: str) -> Path:
+    """Runs `cargo ARGS` and returns the artifact of target `crate` whose file name ends
+    with `suffix` (the `.so`, or the binary's name)."""
     cargo = os.environ.get("CARGO", "cargo")
-    cmd = [cargo, *CARGO_ARGS, "--message-format=json-render-diagnostics"]
+    cmd = [cargo, *args, "--message-format=json-render-diagnostics"]
     if target:
         cmd += ["--target", target]
     shown = " ".join(cmd)
-    log(f"compiling the extension: {shown}")
+    log(f"compiling: {shown}")
     try:
         # Diagnostics and progress go to our stderr; stdout carries JSON messages.
         proc = subprocess.run(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     except OSError as e:
         raise BuildError(
-            f"cannot run `{shown}`: {e}. Install Rust (https://rustup.rs) or pass a "
-            f"prebuilt library with --so PATH"
+            f"cannot run `{shown}`: {e}. Install Rust (https://rustup.rs) or pass "
+            f"prebuilt files with --so, --preload and --cli"
         ) from e
     if proc.returncode != 0:
         raise BuildError(f"`{shown}` failed with status {proc.returncode} (see above)")
@@ -260,11 +288,14 @@ def cargo_build(target: Optional[str]) -> Path:
             continue
         if msg.get("reason") != "compiler-artifact":
             continue
-        if msg.get("target", {}).get("name") != "walguard":
+        if msg.get("target", {}).get("name") != crate:
             continue
-        found += [Path(f) for f in msg.get("filenames", []) if f.endswith(LIBRARY)]
+        found += [Path(f) for f in msg.get("filenames", []) if Path(f).name.endswith(suffix)]
+        if msg.get("executable"):
+            found.append(Path(msg["executable"]))
+    found = [f for f in found if f.name.endswith(suffix)]
     if not found or not found[-1].is_file():
-        raise BuildError(f"`{shown}` succeeded but reported no {LIBRARY}")
+        raise BuildError(f"`{shown}` succeeded but reported no {suffix}")
     return found[-1]
 
 
@@ -422,6 +453,51 @@ def is_sqlite_symbol(name: str) -> bool:
     )
 
 
+def check_needed(path: Path, info: ElfInfo) -> None:
+    for lib in info.needed:
+        if lib not in ALLOWED_LIBRARIES and not lib.startswith("ld-linux"):
+            raise BuildError(
+                f"{path} needs {lib}, which a manylinux wheel may not assume on the "
+                f"target machine (allowed: {', '.join(ALLOWED_LIBRARIES)}, ld-linux*)"
+            )
+
+
+def check_preload(path: Path) -> ElfInfo:
+    """The preload library interposes SQLite's three open functions and nothing else of
+    SQLite's: it carries no SQLite and finds the program's at run time (dlsym)."""
+    info = read_elf(path)
+    missing = [n for n in INTERPOSED if not info.defined.get(n)]
+    if missing:
+        raise BuildError(
+            f"{path} does not export {missing}: not walguard's preload library (build it "
+            f"with `cargo {' '.join(PRELOAD_CARGO_ARGS)}`)"
+        )
+    stray = sorted(n for n in info.defined if is_sqlite_symbol(n) and n not in INTERPOSED)
+    if stray:
+        raise BuildError(
+            f"{path} defines SQLite symbols besides {', '.join(INTERPOSED)}: "
+            f"{', '.join(stray[:5])}; it must carry no SQLite of its own"
+        )
+    imported = sorted(n for n in info.undefined if is_sqlite_symbol(n))
+    if imported:
+        raise BuildError(
+            f"{path} imports SQLite symbols ({', '.join(imported[:5])}): it must find the "
+            f"program's SQLite at run time, never bind to one at load"
+        )
+    check_needed(path, info)
+    return info
+
+
+def check_binary(path: Path) -> ElfInfo:
+    """The `walguard` binary reads files and runs programs; it touches no SQLite."""
+    info = read_elf(path)
+    touched = sorted(n for n in list(info.defined) + info.undefined if is_sqlite_symbol(n))
+    if touched:
+        raise BuildError(f"{path} defines or imports SQLite symbols ({', '.join(touched[:5])})")
+    check_needed(path, info)
+    return info
+
+
 def check_library(path: Path) -> Tuple[ElfInfo, str]:
     """Checks the `.so` and returns what was read and its platform tag."""
     info = read_elf(path)
@@ -444,12 +520,7 @@ def check_library(path: Path) -> Tuple[ElfInfo, str]:
             f"{path} imports SQLite symbols ({', '.join(imported[:5])}): it must reach "
             f"SQLite only through the host's sqlite3_api_routines"
         )
-    for lib in info.needed:
-        if lib not in ALLOWED_LIBRARIES and not lib.startswith("ld-linux"):
-            raise BuildError(
-                f"{path} needs {lib}, which a manylinux wheel may not assume on the "
-                f"target machine (allowed: {', '.join(ALLOWED_LIBRARIES)}, ld-linux*)"
-            )
+    check_needed(path, info)
     major, minor = info.glibc()
     return info, f"manylinux_{major}_{minor}_{info.arch}"
 
@@ -467,13 +538,17 @@ def _zip_time() -> Tuple[int, int, int, int, int, int]:
     return (1980, 1, 1, 0, 0, 0)
 
 
-def package_files() -> List[Tuple[str, bytes]]:
-    """(archive path, contents) of the Python sources and py.typed."""
+def package_files(version: str) -> List[Tuple[str, bytes]]:
+    """(archive path, contents) of the Python sources and py.typed, with the version
+    written into ``__init__.py``."""
     src = PYTHON_DIR / PACKAGE
     out = []
     for p in sorted(src.iterdir()):
         if p.is_file() and (p.suffix in (".py", ".pyi") or p.name == "py.typed"):
-            out.append((f"{PACKAGE}/{p.name}", p.read_bytes()))
+            data = p.read_bytes()
+            if p.name == "__init__.py":
+                data = _with_version(p, data, version)
+            out.append((f"{PACKAGE}/{p.name}", data))
     names = {n for n, _ in out}
     for required in (f"{PACKAGE}/__init__.py", f"{PACKAGE}/py.typed"):
         if required not in names:
@@ -481,25 +556,119 @@ def package_files() -> List[Tuple[str, bytes]]:
     return out
 
 
+def _with_version(path: Path, data: bytes, version: str) -> bytes:
+    text = data.decode("utf-8")
+    lines = text.split("\n")
+    hits = [i for i, line in enumerate(lines) if line == VERSION_LINE]
+    if len(hits) != 1:
+        raise BuildError(
+            f"{path} must hold the line {VERSION_LINE!r} exactly once (the build writes "
+            f"the crate's version there); found it {len(hits)} times"
+        )
+    lines[hits[0]] = f'__version__: str = "{version}"'
+    return "\n".join(lines).encode("utf-8")
+
+
 def _record_hash(data: bytes) -> str:
     digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
     return "sha256=" + digest.decode("ascii")
 
 
-def write_wheel(out_dir: Path, so: Path) -> Path:
-    """Checks `so`, packs the wheel into `out_dir` and returns its path."""
-    _, platform = check_library(so)
+def _strip_tool(target: Optional[str]) -> str:
+    """$STRIP, else the target's `ARCH-linux-gnu-strip` when cross-building, else strip."""
+    tool = os.environ.get("STRIP")
+    if tool:
+        return tool
+    if target:
+        parts = target.split("-")
+        prefixed = f"{parts[0]}-linux-{'-'.join(parts[3:]) or 'gnu'}-strip"
+        for d in os.environ.get("PATH", "").split(os.pathsep):
+            if d and os.access(os.path.join(d, prefixed), os.X_OK):
+                return prefixed
+    return "strip"
+
+
+def stripped(path: Path, executable: bool, target: Optional[str]) -> bytes:
+    """The contents of `path` without its symbol table and debug information (the dynamic
+    symbols stay: they are what the loader and the checks use)."""
+    tool = _strip_tool(target)
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"walguard-strip-{os.getpid()}-{path.name}"
+    mode = "--strip-all" if executable else "--strip-unneeded"
+    cmd = [tool, mode, "-o", str(out), str(path)]
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
+    except OSError as e:
+        raise BuildError(
+            f"cannot run `{' '.join(cmd)}`: {e}. Install binutils (apt-get install -y "
+            f"binutils), or name a strip for the target in $STRIP"
+        ) from e
+    try:
+        if proc.returncode != 0:
+            raise BuildError(
+                f"`{' '.join(cmd)}` failed: {proc.stderr.decode('utf-8', 'replace').strip()}"
+            )
+        return out.read_bytes()
+    except OSError as e:
+        raise BuildError(f"cannot read {out}: {e}") from e
+    finally:
+        try:
+            out.unlink()
+        except OSError:
+            pass
+
+
+@dataclass
+class Artifacts:
+    """The three compiled files, as built (not yet stripped)."""
+
+    extension: Path
+    preload: Path
+    binary: Path
+
+
+def _checked(name: str, data: bytes, check: Any) -> ElfInfo:
+    """Runs `check` on `data` written to a temporary file (the checks read files)."""
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"walguard-check-{os.getpid()}-{name}"
+    try:
+        tmp.write_bytes(data)
+        result = check(tmp)
+    finally:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+    return result[0] if isinstance(result, tuple) else result
+
+
+def write_wheel(out_dir: Path, files: Artifacts, target: Optional[str] = None) -> Path:
+    """Strips and checks the artifacts, packs the wheel into `out_dir`, returns its path."""
+    shipped = {
+        LIBRARY: stripped(files.extension, False, target),
+        PRELOAD: stripped(files.preload, False, target),
+        BINARY: stripped(files.binary, True, target),
+    }
+    infos = [
+        _checked(LIBRARY, shipped[LIBRARY], check_library),
+        _checked(PRELOAD, shipped[PRELOAD], check_preload),
+        _checked(BINARY, shipped[BINARY], check_binary),
+    ]
+    archs = {i.arch for i in infos}
+    if len(archs) != 1:
+        raise BuildError(f"the three files are built for different architectures: {sorted(archs)}")
+    major, minor = max(i.glibc() for i in infos)
+    platform = f"manylinux_{major}_{minor}_{infos[0].arch}"
     project = project_metadata()
     tag = f"py3-none-{platform}"
     dist_info = f"{project.name}-{project.version}.dist-info"
-    try:
-        so_bytes = so.read_bytes()
-    except OSError as e:
-        raise BuildError(f"cannot read {so}: {e}") from e
-    entries: List[Tuple[str, bytes, int]] = [(name, data, 0o644) for name, data in package_files()]
-    entries.append((f"{PACKAGE}/{LIBRARY}", so_bytes, 0o755))
+    entries: List[Tuple[str, bytes, int]] = [
+        (name, data, 0o644) for name, data in package_files(project.version)
+    ]
+    for name, data in shipped.items():
+        entries.append((f"{PACKAGE}/{name}", data, 0o755))
+    entries.append((PTH_NAME, PTH_LINE.encode("utf-8"), 0o644))
     entries.append((f"{dist_info}/METADATA", metadata_text(project).encode("utf-8"), 0o644))
     entries.append((f"{dist_info}/WHEEL", wheel_text(tag).encode("utf-8"), 0o644))
+    entries.append((f"{dist_info}/entry_points.txt", ENTRY_POINTS_TXT.encode("utf-8"), 0o644))
     record = io.StringIO()
     for name, data, _ in entries:
         record.write(f"{name},{_record_hash(data)},{len(data)}\n")
@@ -520,17 +689,37 @@ def write_wheel(out_dir: Path, so: Path) -> Path:
     return wheel
 
 
-def build(out_dir: Path, so: Optional[str], target: Optional[str]) -> Path:
-    if so:
-        lib = Path(so).resolve()
-        if not lib.is_file():
-            raise BuildError(f"--so {so}: no such file")
-        if target:
-            raise BuildError("--so and --target exclude each other: --so takes a built library")
-    else:
-        lib = cargo_build(target)
-    wheel = write_wheel(out_dir, lib)
-    log(f"packed {lib} into {wheel}")
+# pip writes a `walguard` launcher that runs walguard.__main__:main (the bundled binary).
+ENTRY_POINTS_TXT = "[console_scripts]\nwalguard = walguard.__main__:main\n"
+
+
+def _given(option: str, value: Optional[str], target: Optional[str]) -> Optional[Path]:
+    if not value:
+        return None
+    path = Path(value).resolve()
+    if not path.is_file():
+        raise BuildError(f"--{option} {value}: no such file")
+    if target:
+        raise BuildError(f"--{option} and --target exclude each other: --{option} takes a built file")
+    return path
+
+
+def build(
+    out_dir: Path,
+    so: Optional[str],
+    target: Optional[str],
+    preload: Optional[str] = None,
+    cli: Optional[str] = None,
+) -> Path:
+    files = Artifacts(
+        extension=_given("so", so, target)
+        or cargo_build(CARGO_ARGS, target, "walguard", LIBRARY),
+        preload=_given("preload", preload, target)
+        or cargo_build(PRELOAD_CARGO_ARGS, target, "walguard_preload", PRELOAD),
+        binary=_given("cli", cli, target) or cargo_build(CLI_CARGO_ARGS, target, "walguard", BINARY),
+    )
+    wheel = write_wheel(out_dir, files, target)
+    log(f"packed {files.extension}, {files.preload} and {files.binary} into {wheel}")
     return wheel
 
 
@@ -538,7 +727,10 @@ def build(out_dir: Path, so: Optional[str], target: Optional[str]) -> Path:
 # PEP 517 hooks
 
 
-def _settings(config_settings: Optional[Mapping[str, Any]]) -> Tuple[Optional[str], Optional[str]]:
+SETTINGS = ("so", "preload", "cli", "target")
+
+
+def _settings(config_settings: Optional[Mapping[str, Any]]) -> Dict[str, Optional[str]]:
     cs = dict(config_settings or {})
 
     def one(key: str) -> Optional[str]:
@@ -551,10 +743,10 @@ def _settings(config_settings: Optional[Mapping[str, Any]]) -> Tuple[Optional[st
             raise BuildError(f"config setting {key}={v!r} is not a string")
         return v
 
-    so, target = one("so"), one("target")
+    values = {key: one(key) for key in SETTINGS}
     if cs:
-        raise BuildError(f"unknown config settings {sorted(cs)} (known: so, target)")
-    return so, target
+        raise BuildError(f"unknown config settings {sorted(cs)} (known: {', '.join(SETTINGS)})")
+    return values
 
 
 def build_wheel(
@@ -562,9 +754,10 @@ def build_wheel(
     config_settings: Optional[Mapping[str, Any]] = None,
     metadata_directory: Optional[str] = None,
 ) -> str:
-    """PEP 517: compiles the extension (unless config setting so=PATH) and packs the wheel."""
-    so, target = _settings(config_settings)
-    return build(Path(wheel_directory), so, target).name
+    """PEP 517: compiles what is not given as a config setting (so=, preload=, cli=
+    PATH) and packs the wheel."""
+    v = _settings(config_settings)
+    return build(Path(wheel_directory), v["so"], v["target"], v["preload"], v["cli"]).name
 
 
 def get_requires_for_build_wheel(config_settings: Optional[Mapping[str, Any]] = None) -> List[str]:
@@ -588,10 +781,14 @@ def build_sdist(sdist_directory: str, config_settings: Optional[Mapping[str, Any
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/build-wheel",
-        description="Compile walguard's loadable extension with cargo and pack the "
-        "Python wheel (platform tag derived from the library's glibc needs).",
+        description="Compile walguard's loadable extension, preload library and binary "
+        "with cargo and pack the Python wheel (platform tag derived from their glibc needs).",
     )
     parser.add_argument("--so", help="pack this prebuilt libwalguard.so instead of compiling")
+    parser.add_argument(
+        "--preload", help="pack this prebuilt libwalguard_preload.so instead of compiling"
+    )
+    parser.add_argument("--cli", help="pack this prebuilt walguard binary instead of compiling")
     parser.add_argument(
         "--target", help="cargo target triple to compile for (a *-linux-gnu target)"
     )
@@ -602,7 +799,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        wheel = build(Path(args.out), args.so, args.target)
+        wheel = build(Path(args.out), args.so, args.target, args.preload, args.cli)
     except BuildError as e:
         print(f"walguard-build: error: {e}", file=sys.stderr)
         return 1

@@ -1,39 +1,49 @@
-"""walguard for Python: load the walguard SQLite VFS into ``sqlite3`` and ``apsw``.
+"""walguard for Python: the walguard SQLite VFS in ``sqlite3`` and ``apsw``.
 
 walguard keeps a WAL database shared by many processes from being corrupted. This
 package carries its loadable extension (``libwalguard.so``, which uses the host's SQLite
-and has none of its own) and four functions:
+and has none of its own), the ``walguard`` command (``doctor``, ``exec``) and its preload
+library, and these functions:
 
 - :func:`install` registers walguard in the process's ``sqlite3`` runtime (call it once,
-  before opening any shared database);
+  before opening any shared database). It works in any CPython on Linux: through
+  ``enable_load_extension`` where the ``sqlite3`` module has it, otherwise through the
+  SQLite library the module itself uses (``sqlite3_auto_extension``);
 - :func:`load` loads it through a given ``sqlite3.Connection`` or ``apsw.Connection``;
 - :func:`stats` returns walguard's counters;
-- :func:`loadable_path` is the path of the bundled ``.so`` for any other host.
+- :func:`loadable_path` is the path of the ``.so`` for any other host.
+
+Without a line of code: ``WALGUARD_AUTO=1`` in the environment installs walguard into
+``sqlite3`` and ``apsw`` when a process first imports them (a ``.pth`` hook), and
+``walguard exec -- CMD`` guards any program that links a shared ``libsqlite3``.
 
 Once loaded, walguard stays registered in that SQLite runtime for the life of the
 process (the extension answers ``SQLITE_OK_LOAD_PERMANENTLY``), whatever happens to the
 connection that loaded it. Connections opened *before* it was loaded keep the VFS they
 were opened with.
+
+Importing this module is cheap (no ``sqlite3``, ``json``, ``typing`` or
+``importlib.metadata``): the ``.pth`` hook imports it in processes that may never use
+SQLite.
 """
 
-from __future__ import annotations
-
-import json
+import _thread
 import os
-import sqlite3
 import sys
-from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
-if TYPE_CHECKING:  # apsw is optional: only its type is needed here.
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # only for type checkers: importing typing costs milliseconds
+    import sqlite3
+    from typing import Any, Dict, Optional, Union
+
     import apsw  # type: ignore
 
     Connection = Union[sqlite3.Connection, apsw.Connection]
-else:
-    Connection = Any
 
 __all__ = [
     "ENTRY_DEFAULT",
     "ENTRY_NODEFAULT",
+    "EXTENSION_ENV",
     "ExtensionLoadingUnavailable",
     "ExtensionNotFound",
     "WalguardError",
@@ -44,28 +54,26 @@ __all__ = [
     "stats",
 ]
 
+#: The installed distribution's version (the walguard crate's), written by the wheel build.
+__version__: str = "0+unknown"
+
 #: The entry point that registers walguard as the default VFS of the SQLite runtime.
 ENTRY_DEFAULT = "sqlite3_walguard_init"
 #: The entry point that registers walguard without making it the default: only
 #: connections opened with ``?vfs=walguard`` (``uri=True``) go through it.
 ENTRY_NODEFAULT = "sqlite3_walguard_nodefault_init"
+#: The environment variable that names another ``libwalguard.so`` to use (``walguard
+#: exec`` sets it, so that a process loads one copy of walguard, whoever loads it).
+EXTENSION_ENV = "WALGUARD_EXTENSION"
 
 _LIBRARY = "libwalguard.so"
-
-
-def _package_version() -> str:
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-    except ImportError:  # pragma: no cover - Python < 3.8
-        return "0+unknown"
-    try:
-        return version("walguard")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
-#: The installed distribution's version (the walguard crate's version).
-__version__: str = _package_version()
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# Serialises registrations: the auto-extension path arms an entry point for one private
+# connection and must not interleave with another thread's.
+_LOCK = _thread.allocate_lock()
+# What this module registered in the sqlite3 runtime: None, ENTRY_DEFAULT or
+# ENTRY_NODEFAULT.
+_sqlite3_entry = None
 
 
 class WalguardError(Exception):
@@ -77,41 +85,43 @@ class ExtensionNotFound(WalguardError, FileNotFoundError):
 
 
 class ExtensionLoadingUnavailable(WalguardError):
-    """The SQLite binding was built without extension loading."""
+    """The SQLite runtime can neither load extensions nor be reached from outside (a
+    statically linked SQLite that hides its API)."""
 
 
 def _no_loading_message(what: str) -> str:
     return (
         f"{what} was built without SQLite extension loading, so walguard cannot be "
-        f"loaded into it. This is the case of macOS's system Python and of Pythons "
-        f"(pyenv, asdf, some source builds) configured without "
-        f"--enable-loadable-sqlite-extensions. Use a Python built with it (Debian and "
-        f"Ubuntu's /usr/bin/python3, the python.org installers, conda, or pyenv with "
-        f'PYTHON_CONFIGURE_OPTS="--enable-loadable-sqlite-extensions" pyenv install '
-        f"VERSION), or use apsw (pip install apsw), which has its own SQLite: "
-        f"walguard.load(apsw.Connection(':memory:')) before opening the database with "
-        f"apsw.Connection."
+        f"loaded into it. This is the case of some apsw builds. Use an apsw built with "
+        f"extension loading (the PyPI wheels are), or the standard library's sqlite3 "
+        f"module with walguard.install()."
     )
 
 
 def loadable_path() -> str:
-    """Return the absolute path of the bundled loadable extension ``libwalguard.so``.
+    """Return the absolute path of the loadable extension ``libwalguard.so``.
 
-    Give it to any SQLite host that loads extensions (``.load`` in the ``sqlite3`` shell,
+    That is ``$WALGUARD_EXTENSION`` when set (``walguard exec`` sets it: one copy of
+    walguard per process), else the library bundled in this package. Give it to any
+    SQLite host that loads extensions (``.load`` in the ``sqlite3`` shell,
     ``load_extension()`` elsewhere); SQLite derives the entry point
     ``sqlite3_walguard_init`` from the file name.
 
     Raises:
         ExtensionNotFound: the file is missing (the message names the path looked for).
     """
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), _LIBRARY)
+    override = os.environ.get(EXTENSION_ENV)
+    path = os.path.abspath(override) if override else os.path.join(_HERE, _LIBRARY)
     if not os.path.isfile(path):
-        err = ExtensionNotFound(
-            f"walguard's loadable extension is missing: looked for {path}. This package "
-            f"ships it inside its platform wheel (manylinux); reinstall that wheel "
-            f"(pip install --force-reinstall walguard), or build one from a checkout "
-            f"with scripts/build-wheel and install target/wheels/walguard-*.whl."
-        )
+        if override:
+            how = f"{EXTENSION_ENV}={override} names no file: unset it or correct it"
+        else:
+            how = (
+                "this package ships it inside its platform wheel (manylinux); reinstall "
+                "that wheel (pip install --force-reinstall walguard), or build one from a "
+                "checkout with scripts/build-wheel and install target/wheels/walguard-*.whl"
+            )
+        err = ExtensionNotFound(f"walguard's loadable extension is missing: looked for {path}. {how}.")
         err.filename = path
         raise err
     return path
@@ -121,7 +131,7 @@ def _entry(default: bool) -> str:
     return ENTRY_DEFAULT if default else ENTRY_NODEFAULT
 
 
-def _apsw_module(conn: object) -> Optional[Any]:
+def _apsw_module(conn: object) -> "Optional[Any]":
     """The ``apsw`` module if ``conn`` is one of its connections (never imports it)."""
     apsw_mod = sys.modules.get("apsw")
     connection_type = getattr(apsw_mod, "Connection", None)
@@ -130,11 +140,20 @@ def _apsw_module(conn: object) -> Optional[Any]:
     return None
 
 
-def _load_into_sqlite3(conn: sqlite3.Connection, entry: str) -> None:
-    if not hasattr(conn, "enable_load_extension"):
-        raise ExtensionLoadingUnavailable(
-            _no_loading_message(f"The sqlite3 module of {sys.executable}")
-        )
+def _has_stats_function(conn: "Any") -> bool:
+    """Whether ``conn`` has ``walguard_stats()``: walguard is registered in its runtime
+    (it adds the function to every connection opened after it was)."""
+    try:
+        conn.execute("SELECT walguard_stats()").fetchall()
+    except Exception:  # sqlite3.OperationalError: no such function
+        return False
+    return True
+
+
+def _load_into_sqlite3(conn: "sqlite3.Connection", entry: str) -> None:
+    """Through ``conn.enable_load_extension`` (the caller checked it exists)."""
+    import sqlite3
+
     path = loadable_path()
     # Python >= 3.12 can report the current setting; older ones cannot, and leave it
     # off afterwards (it is off by default).
@@ -158,7 +177,40 @@ def _load_into_sqlite3(conn: sqlite3.Connection, entry: str) -> None:
             conn.enable_load_extension(False)
 
 
-def _load_into_apsw(conn: Any, apsw_mod: Any, entry: str) -> None:
+def _into_sqlite3(conn: "Optional[sqlite3.Connection]", default: bool) -> None:
+    """Registers walguard in the ``sqlite3`` module's runtime, through ``conn`` when it
+    can load extensions, else through a private connection of its own."""
+    global _sqlite3_entry
+    import sqlite3
+
+    entry = _entry(default)
+    with _LOCK:
+        if _sqlite3_entry == ENTRY_DEFAULT or _sqlite3_entry == entry:
+            return  # done by an earlier call (install() again is free)
+        boot = sqlite3.connect(":memory:")
+        try:
+            if _sqlite3_entry is None and _has_stats_function(boot):
+                # Registered already, by `walguard exec` (its preload library registers
+                # at the process's first open: this one) or another copy: one walguard
+                # per runtime, so nothing to load.
+                _sqlite3_entry = ENTRY_DEFAULT
+                return
+            for target in (conn, boot):
+                if target is not None and hasattr(target, "enable_load_extension"):
+                    _load_into_sqlite3(target, entry)
+                    _sqlite3_entry = entry
+                    return
+        finally:
+            boot.close()
+        # No enable_load_extension (pyenv's and many source builds' default): through
+        # the SQLite library the module itself uses.
+        from . import _autoext
+
+        _autoext.register(sqlite3, loadable_path(), entry)
+        _sqlite3_entry = entry
+
+
+def _load_into_apsw(conn: "Any", apsw_mod: "Any", entry: str) -> None:
     if not hasattr(conn, "enable_load_extension"):
         raise ExtensionLoadingUnavailable(_no_loading_message("This apsw build"))
     path = loadable_path()
@@ -181,12 +233,14 @@ def _load_into_apsw(conn: Any, apsw_mod: Any, entry: str) -> None:
         conn.enable_load_extension(was_enabled)
 
 
-def load(conn: Connection, default: bool = True) -> None:
+def load(conn: "Connection", default: bool = True) -> None:
     """Load walguard into the SQLite runtime of ``conn``.
 
     ``conn`` is a ``sqlite3.Connection`` or an ``apsw.Connection``. Extension loading is
     enabled on it for the call only and then restored (on Python < 3.12, whose
-    ``sqlite3`` cannot report the setting, it is left disabled, its default).
+    ``sqlite3`` cannot report the setting, it is left disabled, its default). A
+    ``sqlite3`` module without ``enable_load_extension`` is reached as :func:`install`
+    reaches it.
 
     With ``default=True`` (entry point ``sqlite3_walguard_init``) walguard becomes the
     default VFS of that runtime: every connection opened afterwards goes through it.
@@ -199,18 +253,19 @@ def load(conn: Connection, default: bool = True) -> None:
     not in the ``sqlite3`` module's; both share one walguard state in this process.
 
     Raises:
-        ExtensionLoadingUnavailable: the binding was built without extension loading.
-        ExtensionNotFound: the bundled ``.so`` is missing.
+        ExtensionLoadingUnavailable: the runtime can neither load extensions nor be
+            reached through its library (the message says what to use instead).
+        ExtensionNotFound: the ``.so`` is missing.
         WalguardError: SQLite refused to load it (its message is included).
         TypeError: ``conn`` is neither kind of connection.
     """
-    entry = _entry(default)
-    if isinstance(conn, sqlite3.Connection):
-        _load_into_sqlite3(conn, entry)
+    sqlite3_mod = sys.modules.get("sqlite3")
+    if sqlite3_mod is not None and isinstance(conn, sqlite3_mod.Connection):
+        _into_sqlite3(conn, default)
         return
     apsw_mod = _apsw_module(conn)
     if apsw_mod is not None:
-        _load_into_apsw(conn, apsw_mod, entry)
+        _load_into_apsw(conn, apsw_mod, _entry(default))
         return
     kind = f"{type(conn).__module__}.{type(conn).__qualname__}"
     raise TypeError(f"walguard.load() takes a sqlite3.Connection or an apsw.Connection, not {kind}")
@@ -219,29 +274,33 @@ def load(conn: Connection, default: bool = True) -> None:
 def install(default: bool = True) -> None:
     """Register walguard in the process's ``sqlite3`` runtime.
 
-    Loads the extension through a private ``:memory:`` connection, which is closed
-    again; the caller makes no connection. Call it once, before opening any database
-    shared with other processes: connections opened earlier are not guarded. Calling
-    it again is harmless. With ``default=False`` walguard is registered but not made the
-    default VFS (open with ``sqlite3.connect("file:app.db?vfs=walguard", uri=True)``).
+    Works in any CPython on Linux: where the ``sqlite3`` module has
+    ``enable_load_extension`` the extension is loaded through a private ``:memory:``
+    connection; where it does not (pyenv's default build, many source builds), it is
+    registered through the SQLite library the module itself uses, found in the process
+    (``sqlite3_auto_extension``, one private connection, ``sqlite3_cancel_auto_extension``;
+    never a second copy of SQLite). The caller makes no connection. Call it once, before
+    opening any database shared with other processes: connections opened earlier are not
+    guarded. Calling it again is free, and so is calling it where walguard is registered
+    already (``walguard exec``, ``WALGUARD_AUTO=1``). With ``default=False`` walguard is
+    registered but not made the default VFS (open with
+    ``sqlite3.connect("file:app.db?vfs=walguard", uri=True)``).
 
     walguard stays registered for the life of the process (the extension answers
     ``SQLITE_OK_LOAD_PERMANENTLY``).
 
     Raises:
-        ExtensionLoadingUnavailable: this Python's ``sqlite3`` cannot load extensions
-            (the message says what to use instead).
-        ExtensionNotFound: the bundled ``.so`` is missing.
+        ExtensionLoadingUnavailable: the ``sqlite3`` module's SQLite is linked into it
+            statically with its API hidden (the message says what to use instead).
+        ExtensionNotFound: the ``.so`` is missing.
         WalguardError: SQLite refused to load it.
     """
-    boot = sqlite3.connect(":memory:")
-    try:
-        load(boot, default=default)
-    finally:
-        boot.close()
+    _into_sqlite3(None, default)
 
 
-def _query_stats(conn: Any, runtime: str) -> Dict[str, int]:
+def _query_stats(conn: "Any", runtime: str) -> "Dict[str, int]":
+    import json
+
     cursor = conn.cursor()
     try:
         row = cursor.execute("SELECT walguard_stats()").fetchone()
@@ -265,7 +324,7 @@ def _query_stats(conn: Any, runtime: str) -> Dict[str, int]:
     return counters
 
 
-def stats(conn: Optional[Connection] = None) -> Dict[str, int]:
+def stats(conn: "Optional[Connection]" = None) -> "Dict[str, int]":
     """Return walguard's counters as a dict, e.g. ``{"db_opened": 2, ...}``.
 
     The counters are per process, shared by every SQLite runtime that loaded walguard
@@ -279,6 +338,8 @@ def stats(conn: Optional[Connection] = None) -> Dict[str, int]:
         WalguardError: walguard is not loaded into that connection's runtime.
     """
     if conn is None:
+        import sqlite3
+
         probe = sqlite3.connect(":memory:")
         try:
             return _query_stats(probe, "the sqlite3 module's SQLite")

@@ -111,26 +111,64 @@ class NoLoadConnection(sqlite3.Connection):
         return super().__getattribute__(name)
 
 
-def scenario_no_loading():
-    import walguard
-
-    conn = sqlite3.connect(":memory:", factory=NoLoadConnection)
-    out("simulated_has_method", int(hasattr(conn, "enable_load_extension")))
-    e, kind, msg = error_of(walguard.load, conn)
-    out("load.error", kind)
-    out("load.is_walguard_error", int(isinstance(e, walguard.WalguardError)))
-    out("load.says_built_without", int("built without SQLite extension loading" in msg))
-    out("load.names_configure_flag", int("--enable-loadable-sqlite-extensions" in msg))
-    out("load.suggests_apsw", int("apsw" in msg))
-    out("load.names_python", int(sys.executable in msg))
-    # install() makes its own connection: the same answer.
+def simulate_no_loading():
+    """Makes sqlite3.connect return connections without enable_load_extension."""
     real_connect = sqlite3.connect
     sqlite3.connect = lambda *a, **k: real_connect(*a, factory=NoLoadConnection, **k)
+
+
+def has_walguard(conn):
     try:
-        _, kind, _ = error_of(walguard.install)
-    finally:
-        sqlite3.connect = real_connect
+        conn.execute("SELECT walguard_stats()").fetchall()
+    except sqlite3.OperationalError:
+        return False
+    return True
+
+
+def scenario_no_loading():
+    # A sqlite3 module without enable_load_extension: walguard reaches its SQLite
+    # through the library the module uses (sqlite3_auto_extension).
+    import walguard
+
+    simulate_no_loading()
+    conn = sqlite3.connect(":memory:")
+    out("simulated_has_method", int(hasattr(conn, "enable_load_extension")))
+    _, kind, msg = error_of(walguard.load, conn)
+    out("load.error", kind)
+    out("load.message", msg)
+    _, kind, msg = error_of(walguard.install)
     out("install.error", kind)
+    out("install.message", msg)
+    out("install.via_library", int("walguard._autoext" in sys.modules))
+    c = connect("app.db")
+    c.execute("CREATE TABLE t(x)")
+    c.close()
+    out("db_opened", walguard.stats()["db_opened"])
+
+
+def scenario_hidden_api():
+    # The same, but the module's SQLite hides its API: apsw's extension module stands in
+    # for a _sqlite3 that links SQLite statically with hidden symbols.
+    import _sqlite3
+
+    import apsw
+    import walguard
+
+    _sqlite3.__file__ = apsw.__file__
+    simulate_no_loading()
+    out("simulated_has_method", int(hasattr(sqlite3.connect(":memory:"), "enable_load_extension")))
+    e, kind, msg = error_of(walguard.install)
+    out("install.error", kind)
+    out("install.is_walguard_error", int(isinstance(e, walguard.WalguardError)))
+    out("install.names_library", int(apsw.__file__ in msg))
+    out("install.says_hidden", int("does not export sqlite3_auto_extension" in msg))
+    out("install.names_configure_flag", int("--enable-loadable-sqlite-extensions" in msg))
+    out("install.suggests_apsw", int("apsw.Connection" in msg))
+    out("install.suggests_exec", int("walguard exec" in msg))
+    out("install.names_python", int(sys.executable in msg))
+    c = connect("app.db")
+    out("after.db_opened_plain", "walguard" if has_walguard(c) else "unix")
+    c.close()
 
 
 def scenario_missing_so():
@@ -224,14 +262,16 @@ def scenario_record(wheel):
                 bad.append(n)
         out("unlisted_or_wrong", ",".join(bad) or "none")
         out("listed_not_in_wheel", ",".join(sorted(set(listed) - set(names))) or "none")
-        so = [i for i in zf.infolist() if i.filename.endswith(".so")]
-        out("so_mode", oct((so[0].external_attr >> 16) & 0o777) if so else "none")
+        elf = ("walguard/libwalguard.so", "walguard/libwalguard_preload.so", "walguard/walguard")
+        modes = {i.filename: oct((i.external_attr >> 16) & 0o777) for i in zf.infolist()}
+        out("elf_modes", ",".join(modes.get(n, "none") for n in elf))
 
 
 SCENARIOS = {
     "api": scenario_api,
     "nodefault": scenario_nodefault,
     "no-loading": scenario_no_loading,
+    "hidden-api": scenario_hidden_api,
     "missing-so": scenario_missing_so,
     "runtimes": scenario_runtimes,
     "record": scenario_record,

@@ -4,11 +4,17 @@ walguard package. Used by vfs-tests/tests/python_package.rs (run by the venv's p
 Usage: package_worker.py MODE DATABASE NAME
 
 MODE:
-  plain    the sqlite3 module as it is (unix VFS)
+  plain    the sqlite3 module as it is (unix VFS); never imports walguard, so it is an
+           unmodified program (`walguard exec` or WALGUARD_AUTO=1 may still guard it)
   install  walguard.install(), then sqlite3.connect(DATABASE)
   apsw     walguard.load(apsw.Connection(":memory:")), then apsw.Connection(DATABASE)
 
-Prints `ready pid=P sqlite=V` once the database is open, then answers one line per
+With WALGUARD_TEST_SIMULATE_NOLOAD=1, `install` first makes sqlite3.connect return
+connections without enable_load_extension (a Python built without it).
+
+Prints `ready pid=P sqlite=V walguard=HOW` once the database is open (HOW: `load`
+through enable_load_extension, `autoext` through the sqlite3 module's library, `auto`
+by WALGUARD_AUTO, `preload` by walguard exec, `none`), then answers one line per
 command line on stdin with `ok PAYLOAD` or `err CODE MESSAGE`:
   wal          PRAGMA journal_mode=WAL                     -> ok wal
   write N      N rows, one BEGIN IMMEDIATE transaction each -> ok ID:TAG ...
@@ -17,7 +23,8 @@ command line on stdin with `ok PAYLOAD` or `err CODE MESSAGE`:
                POSIX locks on it)                          -> ok BYTES
   checkpoint   PRAGMA wal_checkpoint(PASSIVE)              -> ok BUSY LOG CHECKPOINTED
   integrity    PRAGMA integrity_check                      -> ok ok
-  stats        walguard.stats(conn) as JSON, `none` in plain mode
+  stats        walguard.stats(conn) as JSON; in plain mode walguard_stats() if the
+               connection has it (exec, WALGUARD_AUTO), else `none`
   close        closes the connection                       -> ok
   quit         closes and exits                            -> bye
 """
@@ -34,6 +41,20 @@ BUSY_MS = 10000
 def reply(line):
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+class NoLoadConnection(sqlite3.Connection):
+    """A connection as a Python built without extension loading has it."""
+
+    def __getattribute__(self, name):
+        if name in ("enable_load_extension", "load_extension"):
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+
+def simulate_noload():
+    real_connect = sqlite3.connect
+    sqlite3.connect = lambda *a, **k: real_connect(*a, factory=NoLoadConnection, **k)
 
 
 class Stdlib:
@@ -84,6 +105,27 @@ class Apsw:
         return getattr(e, "extendedresult", -1)
 
 
+def sql_stats(conn):
+    """walguard_stats() of the connection, or None (no walguard in its runtime)."""
+    try:
+        return conn.query("SELECT walguard_stats()")[0][0]
+    except Exception:
+        return None
+
+
+def reached(mode, conn):
+    """How walguard reached this process (see the module documentation)."""
+    if mode == "apsw":
+        return "load"
+    if mode == "install":
+        return "autoext" if "walguard._autoext" in sys.modules else "load"
+    if sql_stats(conn) is None:
+        return "none"
+    if "walguard_preload" in os.environ.get("LD_PRELOAD", ""):
+        return "preload"
+    return "auto" if "walguard" in sys.modules else "?"
+
+
 def main():
     if len(sys.argv) != 4 or sys.argv[1] not in ("plain", "install", "apsw"):
         sys.exit(f"usage: {sys.argv[0]} plain|install|apsw DATABASE NAME")
@@ -92,6 +134,8 @@ def main():
     if mode != "plain":
         import walguard
     if mode == "install":
+        if os.environ.get("WALGUARD_TEST_SIMULATE_NOLOAD") == "1":
+            simulate_noload()
         walguard.install()
         conn = Stdlib(db)
     elif mode == "apsw":
@@ -102,7 +146,7 @@ def main():
     else:
         conn = Stdlib(db)
     errors = (sqlite3.Error,) + ((conn.apsw.Error,) if isinstance(conn, Apsw) else ())
-    reply(f"ready pid={os.getpid()} sqlite={conn.version}")
+    reply(f"ready pid={os.getpid()} sqlite={conn.version} walguard={reached(mode, conn)}")
     seq = 0
     for line in sys.stdin:
         words = line.split()
@@ -144,10 +188,10 @@ def main():
             elif cmd == "integrity":
                 reply(f"ok {';'.join(r[0] for r in conn.query('PRAGMA integrity_check'))}")
             elif cmd == "stats":
-                if walguard is None:
-                    reply("ok none")
-                else:
+                if walguard is not None:
                     reply(f"ok {json.dumps(walguard.stats(conn.conn), separators=(',', ':'))}")
+                else:
+                    reply(f"ok {sql_stats(conn) or 'none'}")
             elif cmd == "close":
                 conn.close()
                 reply("ok")

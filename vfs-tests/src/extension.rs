@@ -185,12 +185,12 @@ fn artifact_from_messages(stdout: &str) -> Vec<PathBuf> {
 }
 
 /// An exclusive `flock` held until drop.
-struct FileLock {
+pub(crate) struct FileLock {
     file: File,
 }
 
 impl FileLock {
-    fn exclusive(path: &Path) -> io::Result<FileLock> {
+    pub(crate) fn exclusive(path: &Path) -> io::Result<FileLock> {
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)

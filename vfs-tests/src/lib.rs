@@ -8,11 +8,14 @@
 //! - `faults`: fault injection beneath SQLite's unix VFS.
 //! - `bench`: overhead benchmarks against the plain unix VFS.
 //! - `torture`: the side-by-side corruption campaign (the README's main command).
+//! - `reach`: the preload library, the `walguard` binary, the Python wheel and venvs of
+//!   several Pythons, for the tests of guarding unmodified programs (issue 18).
 
 pub mod bench;
 pub mod disrupt;
 pub mod extension;
 pub mod faults;
+pub mod reach;
 pub mod second_runtime;
 pub mod torture;
 pub mod worker;

@@ -1,16 +1,20 @@
 //! The Python package (`python/`, built by `scripts/build-wheel`).
 //!
-//! Once per test binary the wheel is built from the extension the other tests use
-//! (`scripts/build-wheel --so <extension_path()>`, so nothing is compiled twice) and
-//! installed with `pip install --no-index` into a fresh venv of Debian's
-//! `/usr/bin/python3`, together with apsw from the wheelhouse `scripts/setup` fills
-//! (`$WALGUARD_WHEELHOUSE`, default `~/.cache/walguard-wheelhouse`). The tests then check:
+//! Once per test binary the wheel is built from the extension, preload library and
+//! `walguard` binary the other tests use (`vfs_tests::reach`: `scripts/build-wheel --so
+//! --preload --cli`, so nothing is compiled twice) and installed with `pip install
+//! --no-index` into a fresh venv of Debian's `/usr/bin/python3`, together with apsw from
+//! the wheelhouse `scripts/setup` fills (`$WALGUARD_WHEELHOUSE`, default
+//! `~/.cache/walguard-wheelhouse`). The tests then check:
 //!
-//! - the wheel itself (`python -m zipfile -l`): the `.so`, `__init__.py`, `py.typed`,
-//!   metadata with the crate's version, a RECORD that matches, a manylinux tag equal to
-//!   the highest `GLIBC_` version `objdump -T` lists, and no SQLite inside the packed
-//!   `.so` (the `nm` checks of `extension_symbols.rs`, on the file taken from the wheel);
-//! - the API in the venv (`py/package_checks.py`) and its errors (no extension loading,
+//! - the wheel itself (`python -m zipfile -l`): the package's modules, the three stripped
+//!   ELF files (the extension, the preload library, the `walguard` binary), the `.pth`
+//!   hook, the `walguard` console script, metadata with the crate's version (also written
+//!   into `__init__.py`), a RECORD that matches, a manylinux tag equal to the highest
+//!   `GLIBC_` version `objdump -T` lists, and no SQLite inside the packed `.so` (the `nm`
+//!   checks of `extension_symbols.rs`, on the file taken from the wheel);
+//! - the API in the venv (`py/package_checks.py`) and its errors (a `sqlite3` without
+//!   extension loading now reached through its library; a library that hides its API;
 //!   missing `.so`);
 //! - two processes writing one WAL database, through `walguard.install()` (stdlib
 //!   `sqlite3`, Debian's SQLite 3.40.1) and through `walguard.load(apsw_conn)` (apsw's
@@ -27,168 +31,28 @@ use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
-use std::time::Duration;
 
-use vfs_tests::disrupt::{self, ShmMapping};
 use vfs_tests::extension::{
-    extension_path, nm_path, py_script, python3_path, run_with_timeout, workspace_root,
-    LineProcess, RunOutput, ENTRY_DEFAULT, ENTRY_NODEFAULT, SCRIPT_TIMEOUT,
+    nm_path, python3_path, run_with_timeout, workspace_root, ENTRY_DEFAULT, ENTRY_NODEFAULT,
+    SCRIPT_TIMEOUT,
 };
+use vfs_tests::reach::{self, peek_run, pip, py_command, PyWorker, Venv, INSTALL_TIMEOUT};
 use vfs_tests::worker::{parse_rows, stat};
 
-/// A guard against hangs of venv creation and pip, not a performance assertion.
-const INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
-/// A guard against hangs of one worker reply.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
-/// The environment variable naming the wheelhouse (as in `scripts/setup`).
-const WHEELHOUSE_ENV: &str = "WALGUARD_WHEELHOUSE";
-
 // ---------------------------------------------------------------------------------------
-// The wheel and the venv, made once per test binary
+// The wheel and the venv, made once per test binary (vfs_tests::reach)
 
-struct Fixture {
-    wheel: PathBuf,
-    /// The venv's interpreter.
-    python: PathBuf,
-}
-
-static FIXTURE_DIR: OnceLock<PathBuf> = OnceLock::new();
-
-extern "C" fn remove_fixture_dir() {
-    if let Some(dir) = FIXTURE_DIR.get() {
-        let _ = fs::remove_dir_all(dir);
-    }
-}
-
-fn fixture() -> &'static Fixture {
-    static FIXTURE: OnceLock<Result<Fixture, String>> = OnceLock::new();
-    match FIXTURE.get_or_init(make_fixture) {
-        Ok(f) => f,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-/// `$WALGUARD_WHEELHOUSE`, else `$HOME/.cache/walguard-wheelhouse` (`scripts/setup`).
-fn wheelhouse() -> PathBuf {
-    if let Some(p) = std::env::var_os(WHEELHOUSE_ENV) {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
-    Path::new(&home).join(".cache").join("walguard-wheelhouse")
-}
-
-fn run_step(what: &str, cmd: Command, timeout: Duration) -> Result<RunOutput, String> {
-    let out = run_with_timeout(cmd, None, timeout);
-    if out.success() {
-        Ok(out)
-    } else {
-        Err(format!("{what} failed:\n{out}"))
-    }
-}
-
-/// `pip` of the venv, ignoring the user's pip configuration and environment.
-fn pip(python: &Path) -> Command {
-    let mut cmd = Command::new(python);
-    cmd.args([
-        "-I",
-        "-m",
-        "pip",
-        "--isolated",
-        "--disable-pip-version-check",
-        "--no-input",
-    ])
-    .env("PYTHONDONTWRITEBYTECODE", "1");
-    cmd
-}
-
-fn make_fixture() -> Result<Fixture, String> {
-    let dir = tempfile::Builder::new()
-        .prefix("walguard-pypkg-")
-        .tempdir()
-        .map_err(|e| format!("cannot create a temporary directory: {e}"))?
-        .keep();
-    if FIXTURE_DIR.set(dir.clone()).is_ok() {
-        // SAFETY: registers a plain `extern "C" fn()` that only reads a OnceLock and
-        // removes a directory; it runs at process exit, after the tests.
-        unsafe { libc::atexit(remove_fixture_dir) };
-    }
-
-    let so = extension_path();
-    let mut build = Command::new("bash");
-    build
-        .arg(workspace_root().join("scripts").join("build-wheel"))
-        .arg("--so")
-        .arg(&so)
-        .arg("--out")
-        .arg(dir.join("wheels"));
-    let out = run_step("scripts/build-wheel", build, SCRIPT_TIMEOUT)?;
-    let wheel = PathBuf::from(out.stdout.lines().last().unwrap_or_default().trim());
-    if !wheel.is_file() {
-        return Err(format!(
-            "scripts/build-wheel did not print the wheel's path last:\n{out}"
-        ));
-    }
-
-    let venv = dir.join("venv");
-    let mut mk = Command::new(python3_path());
-    mk.args(["-I", "-m", "venv"]).arg(&venv);
-    run_step(
-        "creating a venv (needs python3-venv: run scripts/setup)",
-        mk,
-        INSTALL_TIMEOUT,
-    )?;
-    let python = venv.join("bin").join("python");
-
-    let mut install = pip(&python);
-    install.args(["install", "--no-index"]).arg(&wheel);
-    run_step("pip install --no-index <wheel>", install, INSTALL_TIMEOUT)?;
-
-    let house = wheelhouse();
-    let has_apsw = fs::read_dir(&house).ok().is_some_and(|entries| {
-        entries.flatten().any(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with("apsw-") && n.ends_with(".whl")
-        })
-    });
-    if !has_apsw {
-        return Err(format!(
-            "no apsw wheel in {}: run scripts/setup (it downloads one for /usr/bin/python3 \
-             there; set {WHEELHOUSE_ENV} to use another directory)",
-            house.display()
-        ));
-    }
-    let mut apsw = pip(&python);
-    apsw.args(["install", "--no-index", "--find-links"])
-        .arg(&house)
-        .arg("apsw");
-    run_step(
-        &format!(
-            "pip install --no-index --find-links {} apsw",
-            house.display()
-        ),
-        apsw,
-        INSTALL_TIMEOUT,
-    )?;
-    Ok(Fixture { wheel, python })
+fn venv() -> &'static Venv {
+    reach::debian_venv()
 }
 
 fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("walguard-pypkg-test-")
-        .tempdir()
-        .expect("create a temporary directory")
+    reach::tempdir()
 }
 
 /// `vfs-tests/py/<script> args...` under the venv's python, in isolated mode.
 fn venv_command(script: &str, args: &[&OsStr], cwd: &Path) -> Command {
-    let mut cmd = Command::new(&fixture().python);
-    cmd.arg("-I")
-        .arg("-B")
-        .arg(py_script(script))
-        .args(args)
-        .current_dir(cwd);
-    cmd
+    py_command(&venv().python, script, args, cwd)
 }
 
 /// Runs a `package_checks.py` scenario in a fresh directory; its `key=value` output.
@@ -303,15 +167,39 @@ fn is_entry_point(name: &str) -> bool {
     name == ENTRY_DEFAULT || name == ENTRY_NODEFAULT
 }
 
+fn readelf_path() -> PathBuf {
+    let p = Path::new("/usr/bin/readelf");
+    if p.is_file() {
+        return p.to_path_buf();
+    }
+    panic!("/usr/bin/readelf is missing: install binutils (apt-get install -y binutils)")
+}
+
+/// `readelf ARGS FILE`'s output.
+fn readelf(args: &[&str], file: &Path) -> String {
+    let mut cmd = Command::new(readelf_path());
+    cmd.args(args).arg(file);
+    let out = run_with_timeout(cmd, None, SCRIPT_TIMEOUT);
+    out.assert_success("readelf");
+    out.stdout
+}
+
+/// The ELF files the wheel ships, by archive path.
+const ELF_FILES: [&str; 3] = [
+    "walguard/libwalguard.so",
+    "walguard/libwalguard_preload.so",
+    "walguard/walguard",
+];
+
 #[test]
-fn the_wheel_holds_the_extension_the_loader_and_the_crate_version() {
-    let f = fixture();
+fn the_wheel_holds_the_package_the_stripped_binaries_and_the_crate_version() {
+    let wheel = reach::wheel();
+    let built = reach::built();
     let version = crate_version();
     let arch = std::env::consts::ARCH;
 
     // The file name: walguard-<crate version>-py3-none-manylinux_X_Y_<arch>.whl
-    let name = f
-        .wheel
+    let name = wheel
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -324,7 +212,7 @@ fn the_wheel_holds_the_extension_the_loader_and_the_crate_version() {
 
     // python -m zipfile -l
     let mut list = Command::new(python3_path());
-    list.args(["-I", "-m", "zipfile", "-l"]).arg(&f.wheel);
+    list.args(["-I", "-m", "zipfile", "-l"]).arg(wheel);
     let listing = run_with_timeout(list, None, SCRIPT_TIMEOUT);
     listing.assert_success("python -m zipfile -l");
     let entries: BTreeSet<String> = listing
@@ -334,30 +222,32 @@ fn the_wheel_holds_the_extension_the_loader_and_the_crate_version() {
         .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
         .collect();
     let dist_info = format!("walguard-{version}.dist-info");
-    let expected: BTreeSet<String> = [
-        "walguard/__init__.py".to_owned(),
-        "walguard/py.typed".to_owned(),
-        "walguard/libwalguard.so".to_owned(),
-        format!("{dist_info}/METADATA"),
-        format!("{dist_info}/WHEEL"),
-        format!("{dist_info}/RECORD"),
+    let mut expected: BTreeSet<String> = [
+        "walguard/__init__.py",
+        "walguard/__main__.py",
+        "walguard/_auto.py",
+        "walguard/_autoext.py",
+        "walguard/py.typed",
+        "walguard_auto.pth",
     ]
-    .into();
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    expected.extend(ELF_FILES.iter().map(|s| s.to_string()));
+    for f in ["METADATA", "WHEEL", "RECORD", "entry_points.txt"] {
+        expected.insert(format!("{dist_info}/{f}"));
+    }
     assert_eq!(entries, expected, "wheel contents:\n{listing}");
 
     // RECORD lists every file with its hash and size.
     let rec = tempdir();
     let out = run_with_timeout(
-        {
-            let mut c = Command::new(python3_path());
-            c.arg("-I")
-                .arg("-B")
-                .arg(py_script("package_checks.py"))
-                .arg("record")
-                .arg(&f.wheel)
-                .current_dir(rec.path());
-            c
-        },
+        py_command(
+            &python3_path(),
+            "package_checks.py",
+            &[OsStr::new("record"), wheel.as_os_str()],
+            rec.path(),
+        ),
         None,
         SCRIPT_TIMEOUT,
     );
@@ -366,14 +256,19 @@ fn the_wheel_holds_the_extension_the_loader_and_the_crate_version() {
     expect_kv(&kv, "records", "1", "RECORD");
     expect_kv(&kv, "unlisted_or_wrong", "none", "RECORD");
     expect_kv(&kv, "listed_not_in_wheel", "none", "RECORD");
-    expect_kv(&kv, "so_mode", "0o755", "the .so's mode");
+    expect_kv(
+        &kv,
+        "elf_modes",
+        "0o755,0o755,0o755",
+        "the ELF files' modes",
+    );
 
-    // python -m zipfile -e, then the metadata and the .so as packed.
+    // python -m zipfile -e, then the metadata and the files as packed.
     let x = tempdir();
     let mut extract = Command::new(python3_path());
     extract
         .args(["-I", "-m", "zipfile", "-e"])
-        .arg(&f.wheel)
+        .arg(wheel)
         .arg(x.path());
     run_with_timeout(extract, None, SCRIPT_TIMEOUT).assert_success("python -m zipfile -e");
     let read = |rel: &str| {
@@ -387,6 +282,12 @@ fn the_wheel_holds_the_extension_the_loader_and_the_crate_version() {
         header.contains(&format!("Version: {version}").as_str()),
         "METADATA must carry the crate's version {version}:\n{metadata}"
     );
+    let init = read("walguard/__init__.py");
+    assert!(
+        init.lines()
+            .any(|l| l == format!("__version__: str = \"{version}\"")),
+        "the build writes the version into __init__.py (no importlib.metadata at import)"
+    );
     let wheel_file = read(&format!("{dist_info}/WHEEL"));
     let tag = format!("py3-none-manylinux_{glibc_tag}_{arch}");
     assert!(
@@ -397,29 +298,69 @@ fn the_wheel_holds_the_extension_the_loader_and_the_crate_version() {
         wheel_file.lines().any(|l| l == "Root-Is-Purelib: false"),
         "a platform wheel installs into platlib:\n{wheel_file}"
     );
-
-    let so = x.path().join("walguard").join("libwalguard.so");
-    let packed = fs::read(&so).expect("read the packed .so");
-    let built = fs::read(extension_path()).expect("read the built .so");
+    let entry_points = read(&format!("{dist_info}/entry_points.txt"));
     assert!(
-        packed == built,
-        "the wheel's .so is not the library given to scripts/build-wheel --so"
+        entry_points.contains("[console_scripts]")
+            && entry_points.contains("walguard = walguard.__main__:main"),
+        "pip must install the walguard command:\n{entry_points}"
+    );
+    let pth = read("walguard_auto.pth");
+    assert_eq!(pth.lines().count(), 1, "one line: {pth:?}");
+    assert!(
+        pth.starts_with("import os; os.environ.get(\"WALGUARD_AUTO\""),
+        "the .pth line must only look WALGUARD_AUTO up unless it is set: {pth:?}"
     );
 
-    // The tag is honest: manylinux_X_Y with X.Y the highest GLIBC_ version required.
-    let mut od = Command::new(objdump_path());
-    od.arg("-T").arg(&so);
-    let dump = run_with_timeout(od, None, SCRIPT_TIMEOUT);
-    dump.assert_success("objdump -T");
-    let (major, minor) = max_glibc(&dump.stdout)
-        .unwrap_or_else(|| panic!("objdump -T lists no GLIBC_ version:\n{dump}"));
+    // Stripped: no symbol table, no debug information; the dynamic symbols (what the
+    // loader uses) are the built files'.
+    let packed = |rel: &str| x.path().join(rel);
+    let originals = [&built.extension, &built.preload, &built.cli];
+    for (rel, original) in ELF_FILES.iter().zip(originals) {
+        let sections = readelf(&["-S", "-W"], &packed(rel));
+        // (Rust binaries keep an allocated `.debug_gdb_scripts`: not debug information.)
+        assert!(
+            !sections.contains(".symtab")
+                && !sections.contains(".debug_info")
+                && !sections.contains(".debug_line"),
+            "{rel} is not stripped:\n{sections}"
+        );
+        assert!(
+            fs::metadata(packed(rel))
+                .map(|m| m.len())
+                .unwrap_or(u64::MAX)
+                < fs::metadata(original).map(|m| m.len()).unwrap_or(0),
+            "{rel} is not smaller than the file it was made from"
+        );
+        if rel.ends_with(".so") {
+            assert_eq!(
+                nm(&packed(rel), &["-D", "--defined-only"]),
+                nm(original, &["-D", "--defined-only"]),
+                "{rel} exports other symbols than {}",
+                original.display()
+            );
+        }
+    }
+
+    // The tag is honest: manylinux_X_Y with X.Y the highest GLIBC_ version any of the
+    // three files requires.
+    let mut highest = None;
+    for rel in ELF_FILES {
+        let mut od = Command::new(objdump_path());
+        od.arg("-T").arg(packed(rel));
+        let dump = run_with_timeout(od, None, SCRIPT_TIMEOUT);
+        dump.assert_success("objdump -T");
+        highest = highest.max(max_glibc(&dump.stdout));
+    }
+    let (major, minor) = highest.expect("objdump -T lists no GLIBC_ version");
     assert_eq!(
         glibc_tag,
         format!("{major}_{minor}"),
         "the tag must follow the highest GLIBC_ version objdump -T lists (GLIBC_{major}.{minor})"
     );
 
-    // No second SQLite inside the packed .so (extension_symbols.rs, on this file).
+    // No second SQLite inside the packed extension (extension_symbols.rs checks the
+    // unstripped file's full symbol table).
+    let so = packed("walguard/libwalguard.so");
     let defined = nm(&so, &["-D", "--defined-only"]);
     for entry in [ENTRY_DEFAULT, ENTRY_NODEFAULT] {
         assert!(
@@ -432,15 +373,6 @@ fn the_wheel_holds_the_extension_the_loader_and_the_crate_version() {
         .filter(|(_, n)| is_sqlite_symbol(n) && !is_entry_point(n))
         .collect();
     assert!(stray.is_empty(), "the packed .so exports SQLite: {stray:?}");
-    let hidden: Vec<_> = nm(&so, &["--defined-only"])
-        .into_iter()
-        .filter(|(_, n)| is_sqlite_symbol(n) && !is_entry_point(n))
-        .take(20)
-        .collect();
-    assert!(
-        hidden.is_empty(),
-        "the packed .so contains SQLite's own functions: {hidden:?}"
-    );
     let imported: Vec<_> = nm(&so, &["-D", "--undefined-only"])
         .into_iter()
         .filter(|(_, n)| is_sqlite_symbol(n))
@@ -449,6 +381,49 @@ fn the_wheel_holds_the_extension_the_loader_and_the_crate_version() {
         imported.is_empty(),
         "the packed .so imports SQLite symbols: {imported:?}"
     );
+
+    // The preload library defines the three interposers and no other SQLite symbol,
+    // imports none, and links no SQLite.
+    let preload = packed("walguard/libwalguard_preload.so");
+    let sqlite_defined: BTreeSet<String> = nm(&preload, &["-D", "--defined-only"])
+        .into_iter()
+        .filter(|(_, n)| is_sqlite_symbol(n))
+        .map(|(_, n)| n)
+        .collect();
+    let interposed: BTreeSet<String> = ["sqlite3_open", "sqlite3_open16", "sqlite3_open_v2"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(
+        sqlite_defined, interposed,
+        "the preload library's SQLite symbols"
+    );
+    let imported: Vec<_> = nm(&preload, &["-D", "--undefined-only"])
+        .into_iter()
+        .filter(|(_, n)| is_sqlite_symbol(n))
+        .collect();
+    assert!(
+        imported.is_empty(),
+        "the preload library imports {imported:?}"
+    );
+    let dynamic = readelf(&["-d", "-W"], &preload);
+    assert!(
+        !dynamic.contains("libsqlite3"),
+        "the preload library links a SQLite:\n{dynamic}"
+    );
+
+    // Installed, the binary runs, and so does the `walguard` command pip made for it.
+    let installed = venv();
+    for program in [
+        installed.package.join("walguard"),
+        installed.walguard.clone(),
+    ] {
+        let mut v = Command::new(&program);
+        v.arg("--version");
+        let out = run_with_timeout(v, None, SCRIPT_TIMEOUT);
+        out.assert_success("walguard --version");
+        assert_eq!(out.stdout.trim(), format!("walguard {version}"), "{out}");
+    }
 }
 
 #[test]
@@ -496,16 +471,30 @@ fn the_installed_package_loads_walguard_and_reports_its_counters() {
 
 #[test]
 fn errors_say_what_is_missing_and_what_to_do() {
+    // A sqlite3 module without enable_load_extension is no error any more: install() and
+    // load() reach its SQLite through the library it uses (python_reach.rs runs a real
+    // Python built that way).
     let kv = checks("no-loading");
     let ctx = "package_checks.py no-loading";
     expect_kv(&kv, "simulated_has_method", "0", ctx);
-    expect_kv(&kv, "load.error", "ExtensionLoadingUnavailable", ctx);
-    expect_kv(&kv, "load.is_walguard_error", "1", ctx);
-    expect_kv(&kv, "load.says_built_without", "1", ctx);
-    expect_kv(&kv, "load.names_configure_flag", "1", ctx);
-    expect_kv(&kv, "load.suggests_apsw", "1", ctx);
-    expect_kv(&kv, "load.names_python", "1", ctx);
+    expect_kv(&kv, "install.error", "none", ctx);
+    expect_kv(&kv, "install.via_library", "1", ctx);
+    expect_kv(&kv, "load.error", "none", ctx);
+    assert!(counter(&kv, "db_opened") >= 1, "{kv:#?}");
+
+    // Only a library that hides its API is refused, saying what to do instead.
+    let kv = checks("hidden-api");
+    let ctx = "package_checks.py hidden-api";
+    expect_kv(&kv, "simulated_has_method", "0", ctx);
     expect_kv(&kv, "install.error", "ExtensionLoadingUnavailable", ctx);
+    expect_kv(&kv, "install.is_walguard_error", "1", ctx);
+    expect_kv(&kv, "install.names_library", "1", ctx);
+    expect_kv(&kv, "install.says_hidden", "1", ctx);
+    expect_kv(&kv, "install.names_configure_flag", "1", ctx);
+    expect_kv(&kv, "install.suggests_apsw", "1", ctx);
+    expect_kv(&kv, "install.suggests_exec", "1", ctx);
+    expect_kv(&kv, "install.names_python", "1", ctx);
+    expect_kv(&kv, "after.db_opened_plain", "unix", ctx);
 
     let kv = checks("missing-so");
     let ctx = "package_checks.py missing-so";
@@ -541,80 +530,11 @@ fn one_process_with_sqlite3_and_apsw_shares_one_walguard_state() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Worker processes (py/package_worker.py)
+// Worker processes (py/package_worker.py, driven through vfs_tests::reach::PyWorker)
 
-/// A `package_worker.py` process.
-struct PyWorker {
-    name: String,
-    pid: u32,
-    proc: LineProcess,
-}
-
-impl PyWorker {
-    /// `mode`: `plain`, `install` or `apsw`.
-    fn spawn(mode: &str, db: &Path, name: &str) -> PyWorker {
-        let dir = db.parent().expect("db has a directory");
-        let cmd = venv_command(
-            "package_worker.py",
-            &[OsStr::new(mode), db.as_os_str(), OsStr::new(name)],
-            dir,
-        );
-        let mut proc = LineProcess::spawn(&format!("python worker {name} ({mode})"), cmd);
-        let pid = proc.expect(REPLY_TIMEOUT, "the ready line", |l| {
-            l.strip_prefix("ready pid=")?
-                .split_whitespace()
-                .next()?
-                .parse::<u32>()
-                .ok()
-        });
-        PyWorker {
-            name: name.to_owned(),
-            pid,
-            proc,
-        }
-    }
-
-    fn send(&mut self, cmd: &str) {
-        self.proc.send(cmd);
-    }
-
-    /// The reply to the last command sent: `Ok(payload)` or `Err(message)`.
-    fn reply(&mut self, cmd: &str) -> Result<String, String> {
-        let name = self.name.clone();
-        self.proc
-            .expect(REPLY_TIMEOUT, &format!("the reply to {cmd:?}"), |l| {
-                if l == "ok" {
-                    Some(Ok(String::new()))
-                } else if let Some(p) = l.strip_prefix("ok ") {
-                    Some(Ok(p.to_owned()))
-                } else {
-                    l.strip_prefix("err ")
-                        .map(|e| Err(format!("worker {name}: {cmd:?} failed: {e}")))
-                }
-            })
-    }
-
-    fn request(&mut self, cmd: &str) -> Result<String, String> {
-        self.send(cmd);
-        self.reply(cmd)
-    }
-
-    fn ok(&mut self, cmd: &str) -> String {
-        self.request(cmd).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// The `-shm` of `db` mapped into this worker, from `/proc/PID/maps`.
-    fn shm(&self, db: &Path) -> Option<ShmMapping> {
-        let maps = fs::read_to_string(format!("/proc/{}/maps", self.pid)).ok()?;
-        disrupt::find_shm_mapping(&maps, db)
-    }
-
-    fn quit(mut self) {
-        self.send("quit");
-        self.proc
-            .expect(REPLY_TIMEOUT, "bye", |l| (l == "bye").then_some(()));
-        self.proc.finish_ok(REPLY_TIMEOUT);
-    }
+/// A `package_worker.py` process of the venv; `mode`: `plain`, `install` or `apsw`.
+fn spawn(mode: &str, db: &Path, name: &str) -> PyWorker {
+    PyWorker::spawn(PyWorker::command(&venv().python, mode, db, name), name)
 }
 
 fn list_dir(dir: &Path) -> Vec<String> {
@@ -631,9 +551,9 @@ fn list_dir(dir: &Path) -> Vec<String> {
 fn two_writers(mode: &str) {
     let dir = tempdir();
     let db = dir.path().join("app.db");
-    let mut p = PyWorker::spawn(mode, &db, "P");
+    let mut p = spawn(mode, &db, "P");
     assert_eq!(p.ok("wal"), "wal", "{mode}: P could not switch to WAL");
-    let mut q = PyWorker::spawn(mode, &db, "Q");
+    let mut q = spawn(mode, &db, "Q");
     assert_eq!(q.ok("wal"), "wal", "{mode}: Q sees another journal mode");
 
     let mut acked = BTreeSet::new();
@@ -697,131 +617,12 @@ fn two_apsw_processes_write_one_wal_database_after_walguard_load() {
 }
 
 // ---------------------------------------------------------------------------------------
-// The header-peek split, from Python
-
-#[derive(Debug, Default)]
-struct Outcome {
-    acked: Vec<(i64, String)>,
-    errors: Vec<String>,
-    missing_live: Vec<String>,
-    missing_final: Vec<String>,
-    integrity_live: String,
-    integrity_final: String,
-    /// Deleted `-wal`/`-shm` descriptors of the database, in any process.
-    deleted_held: Vec<disrupt::DeletedSidecar>,
-    /// The `-shm` each worker maps: A, C, D.
-    shm: Vec<(String, Option<ShmMapping>)>,
-    a_pid: u32,
-    stats: Vec<(String, String)>,
-}
-
-impl Outcome {
-    fn damaged(&self) -> bool {
-        !self.missing_live.is_empty()
-            || !self.missing_final.is_empty()
-            || self.integrity_live != "ok"
-            || self.integrity_final != "ok"
-    }
-
-    fn one_shm(&self) -> bool {
-        let maps: Vec<&ShmMapping> = self.shm.iter().filter_map(|(_, m)| m.as_ref()).collect();
-        maps.len() == self.shm.len() && maps.iter().all(|m| !m.deleted && *m == maps[0])
-    }
-
-    fn a_holds_deleted_shm(&self) -> bool {
-        self.deleted_held
-            .iter()
-            .any(|d| d.pid == self.a_pid && d.target.ends_with("-shm (deleted)"))
-    }
-}
-
-fn step(w: &mut PyWorker, cmd: &str, out: &mut Outcome) -> Option<String> {
-    match w.request(cmd) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            out.errors.push(e);
-            None
-        }
-    }
-}
-
-fn write(w: &mut PyWorker, n: usize, out: &mut Outcome) {
-    if let Some(p) = step(w, &format!("write {n}"), out) {
-        out.acked.extend(parse_rows(&p));
-    }
-}
-
-fn verify(w: &mut PyWorker, out: &mut Outcome) -> (Vec<String>, String) {
-    let seen = step(w, "rows", out)
-        .map(|p| parse_rows(&p))
-        .unwrap_or_default();
-    let missing = out
-        .acked
-        .iter()
-        .filter(|(_, tag)| !seen.iter().any(|(_, t)| t == tag))
-        .map(|(id, tag)| format!("{id}:{tag}"))
-        .collect();
-    let integrity = step(w, "integrity", out).unwrap_or_else(|| "query failed".into());
-    (missing, integrity)
-}
-
-fn record_stats(w: &mut PyWorker, out: &mut Outcome) {
-    let s = step(w, "stats", out).unwrap_or_default();
-    out.stats.push((w.name.clone(), s));
-}
-
-/// A: WAL, writes, peeks at the header (its POSIX locks on the db are gone); B opens,
-/// writes, closes (on unix, believing it is last: checkpoint and unlink of -wal/-shm);
-/// C opens (fresh sidecars) and writes; A writes into its deleted sidecars and
-/// checkpoints; D and, after everyone closed, E read. `mode`: `plain` or `install`.
-fn peek_run(mode: &str) -> Outcome {
-    let dir = tempdir();
-    let db = dir.path().join("app.db");
-    let mut out = Outcome::default();
-    let mut a = PyWorker::spawn(mode, &db, "A");
-    out.a_pid = a.pid;
-    assert_eq!(a.ok("wal"), "wal");
-    write(&mut a, 3, &mut out);
-    assert_eq!(a.ok("peek"), "100", "A's peek reads the 100-byte header");
-
-    let mut b = PyWorker::spawn(mode, &db, "B");
-    write(&mut b, 3, &mut out);
-    record_stats(&mut b, &mut out);
-    step(&mut b, "close", &mut out);
-    b.quit();
-
-    let mut c = PyWorker::spawn(mode, &db, "C");
-    write(&mut c, 3, &mut out);
-    write(&mut a, 3, &mut out);
-    step(&mut a, "checkpoint", &mut out);
-    out.deleted_held = disrupt::scan_deleted_sidecars(&db);
-    out.shm.push(("A".into(), a.shm(&db)));
-    out.shm.push(("C".into(), c.shm(&db)));
-
-    let mut d = PyWorker::spawn(mode, &db, "D");
-    let (missing, integrity) = verify(&mut d, &mut out);
-    out.missing_live = missing;
-    out.integrity_live = integrity;
-    out.shm.push(("D".into(), d.shm(&db)));
-    for w in [&mut a, &mut c, &mut d] {
-        record_stats(w, &mut out);
-    }
-    d.quit();
-    a.quit();
-    c.quit();
-
-    let mut e = PyWorker::spawn(mode, &db, "E");
-    let (missing, integrity) = verify(&mut e, &mut out);
-    out.missing_final = missing;
-    out.integrity_final = integrity;
-    e.quit();
-    out
-}
+// The header-peek split, from Python (vfs_tests::reach::peek_run)
 
 #[test]
 fn a_header_peek_splits_python_on_unix_and_not_with_the_package() {
     for rep in 0..2 {
-        let out = peek_run("plain");
+        let out = peek_run(&|db, name| spawn("plain", db, name));
         let ctx = format!("plain sqlite3 (unix VFS), rep {rep}");
         assert_eq!(
             out.acked.len(),
@@ -842,7 +643,7 @@ fn a_header_peek_splits_python_on_unix_and_not_with_the_package() {
         );
     }
     for rep in 0..3 {
-        let out = peek_run("install");
+        let out = peek_run(&|db, name| spawn("install", db, name));
         let ctx = format!("walguard.install(), rep {rep}");
         assert_eq!(
             out.acked.len(),
@@ -927,7 +728,7 @@ fn the_readme_starts_with_pip_install_and_its_examples_run() {
         let dir = tempdir();
         let script = dir.path().join(format!("readme_example_{i}.py"));
         fs::write(&script, code.as_bytes()).expect("write the example");
-        let mut cmd = Command::new(&fixture().python);
+        let mut cmd = Command::new(&venv().python);
         cmd.arg("-I").arg("-B").arg(&script).current_dir(dir.path());
         let out = run_with_timeout(cmd, None, SCRIPT_TIMEOUT);
         out.assert_success(&format!("README example {i}:\n{code}"));
@@ -936,19 +737,26 @@ fn the_readme_starts_with_pip_install_and_its_examples_run() {
 
 #[test]
 fn pip_builds_the_same_wheel_offline_through_the_pep517_backend() {
-    let f = fixture();
+    let wheel = reach::wheel();
+    let b = reach::built();
     let out_dir = tempdir();
-    let mut cmd = pip(&f.python);
+    let mut cmd = pip(&venv().python);
     cmd.args(["wheel", "--no-index", "--no-deps", "--wheel-dir"])
-        .arg(out_dir.path())
-        .arg("--config-settings")
-        .arg(format!("so={}", extension_path().display()))
-        .arg(workspace_root().join("python"));
+        .arg(out_dir.path());
+    for (key, path) in [
+        ("so", &b.extension),
+        ("preload", &b.preload),
+        ("cli", &b.cli),
+    ] {
+        cmd.arg("--config-settings")
+            .arg(format!("{key}={}", path.display()));
+    }
+    cmd.arg(workspace_root().join("python"));
     let out = run_with_timeout(cmd, None, INSTALL_TIMEOUT);
     out.assert_success("pip wheel --no-index ./python");
-    let name = f.wheel.file_name().expect("wheel file name");
+    let name = wheel.file_name().expect("wheel file name");
     let built = out_dir.path().join(name);
-    let (a, b) = (fs::read(&built), fs::read(&f.wheel));
+    let (a, b) = (fs::read(&built), fs::read(wheel));
     assert!(
         matches!((&a, &b), (Ok(a), Ok(b)) if a == b),
         "pip wheel should make {} byte for byte like scripts/build-wheel (the build is \
