@@ -37,6 +37,45 @@ mod entry {
         unsafe { init(db, err, routines, false) }
     }
 
+    /// [`sqlite3_walguard_init`] for `sqlite3_auto_extension` (hosts that cannot load
+    /// extensions but can arm an auto extension: Python without
+    /// `enable_load_extension`, the preload library): answers `SQLITE_OK`, as an auto
+    /// extension must (`SQLITE_OK_LOAD_PERMANENTLY` is an error there, which a connection
+    /// opened with extended result codes would see).
+    ///
+    /// # Safety
+    /// Called by SQLite with an auto extension's arguments.
+    #[no_mangle]
+    pub unsafe extern "C" fn sqlite3_walguard_auto_init(
+        db: *mut ffi::sqlite3,
+        err: *mut *mut c_char,
+        routines: *const ffi::sqlite3_api_routines,
+    ) -> c_int {
+        // SAFETY: forwarded arguments.
+        match unsafe { init(db, err, routines, true) } {
+            ffi::SQLITE_OK_LOAD_PERMANENTLY => ffi::SQLITE_OK,
+            rc => rc,
+        }
+    }
+
+    /// [`sqlite3_walguard_nodefault_init`] for `sqlite3_auto_extension` (see
+    /// [`sqlite3_walguard_auto_init`]).
+    ///
+    /// # Safety
+    /// Called by SQLite with an auto extension's arguments.
+    #[no_mangle]
+    pub unsafe extern "C" fn sqlite3_walguard_nodefault_auto_init(
+        db: *mut ffi::sqlite3,
+        err: *mut *mut c_char,
+        routines: *const ffi::sqlite3_api_routines,
+    ) -> c_int {
+        // SAFETY: forwarded arguments.
+        match unsafe { init(db, err, routines, false) } {
+            ffi::SQLITE_OK_LOAD_PERMANENTLY => ffi::SQLITE_OK,
+            rc => rc,
+        }
+    }
+
     unsafe fn init(
         db: *mut ffi::sqlite3,
         err: *mut *mut c_char,

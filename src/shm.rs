@@ -474,8 +474,9 @@ impl ShmNode {
             let mut page = have / EXTEND_PAGE;
             while page < bytes / EXTEND_PAGE {
                 let at = page * EXTEND_PAGE + EXTEND_PAGE - 1;
-                // SAFETY: writes one byte from a static buffer.
-                let n = unsafe { libc::pwrite(self.fd, b"\0".as_ptr() as *const c_void, 1, at) };
+                let zero = [0u8; 1];
+                // SAFETY: writes one byte from a local buffer.
+                let n = unsafe { libc::pwrite(self.fd, zero.as_ptr() as *const c_void, 1, at) };
                 if n != 1 {
                     let e = std::io::Error::last_os_error();
                     tracing::warn!(target: "walguard", path = %self.db_path, error = %e,

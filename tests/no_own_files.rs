@@ -40,12 +40,6 @@ fn with_captured_events<T>(f: impl FnOnce() -> T) -> (T, String) {
     (out, cap.text())
 }
 
-fn open_walguard(path: &Path) -> Connection {
-    walguard::register(walguard::Options::default().make_default(false)).expect("register");
-    Connection::open_with_flags_and_vfs(path, OpenFlags::default(), "walguard")
-        .expect("open through walguard")
-}
-
 /// Writes a few rows to a fresh WAL database in `dir` through `vfs` and closes it;
 /// returns what the directory holds afterwards.
 fn write_and_close(dir: &Path, vfs: &str) -> Vec<String> {
@@ -89,7 +83,8 @@ fn walguard_creates_no_file_of_its_own() {
 /// through unix, and the thing itself is untouched.
 #[test]
 fn a_leftover_lock_file_of_any_kind_changes_nothing() {
-    let kinds: [(&str, fn(&Path, &Path)); 4] = [
+    type Plant = fn(&Path, &Path);
+    let kinds: [(&str, Plant); 4] = [
         ("mode 000", |p, _| {
             std::fs::write(p, b"old").expect("write");
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o000)).expect("chmod");

@@ -137,7 +137,12 @@ def register(sqlite3_mod: "ModuleType", path: str, entry: str) -> None:
         walguard_handle = _ctypes.dlopen(path, getattr(os, "RTLD_NOW", 2))
     except OSError as e:
         raise WalguardError(f"cannot load {path}: {e}") from e
-    init = _symbol(walguard_handle, entry)
+    # The auto-extension variant answers SQLITE_OK (the plain entry point's
+    # SQLITE_OK_LOAD_PERMANENTLY is an error to an auto extension); older libraries
+    # have only the plain one.
+    init = _symbol(walguard_handle, entry.replace("_init", "_auto_init")) or _symbol(
+        walguard_handle, entry
+    )
     if init is None:
         raise WalguardError(f"{path} has no entry point {entry}: not walguard's extension")
     rc = arm(init)

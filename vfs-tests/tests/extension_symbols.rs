@@ -50,15 +50,26 @@ fn is_sqlite_symbol(name: &str) -> bool {
             .is_some_and(|c| c.is_ascii_uppercase())
 }
 
+/// The auto-extension variants of the two entry points (they answer `SQLITE_OK`).
+const AUTO_ENTRIES: [&str; 2] = [
+    "sqlite3_walguard_auto_init",
+    "sqlite3_walguard_nodefault_auto_init",
+];
+
 fn is_entry_point(name: &str) -> bool {
-    name == ENTRY_DEFAULT || name == ENTRY_NODEFAULT
+    name == ENTRY_DEFAULT || name == ENTRY_NODEFAULT || AUTO_ENTRIES.contains(&name)
 }
 
 #[test]
-fn exports_only_the_two_entry_points_and_defines_no_sqlite() {
+fn exports_only_the_entry_points_and_defines_no_sqlite() {
     let so = extension_path();
     let defined = nm(&so, &["-D", "--defined-only"]);
-    for entry in [ENTRY_DEFAULT, ENTRY_NODEFAULT] {
+    for entry in [
+        ENTRY_DEFAULT,
+        ENTRY_NODEFAULT,
+        AUTO_ENTRIES[0],
+        AUTO_ENTRIES[1],
+    ] {
         assert!(
             defined.iter().any(|(ty, n)| n == entry && ty == "T"),
             "{} does not export the entry point {entry} as a function; nm -D --defined-only:\n{defined:#?}",
