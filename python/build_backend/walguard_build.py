@@ -59,6 +59,9 @@ LIBRARY = "libwalguard.so"
 PRELOAD = "libwalguard_preload.so"
 BINARY = "walguard"
 ENTRY_POINTS = ("sqlite3_walguard_init", "sqlite3_walguard_nodefault_init")
+# The auto-extension variants (they answer SQLITE_OK): exported too, not required (a
+# library of an earlier build lacks them).
+AUTO_ENTRY_POINTS = ("sqlite3_walguard_auto_init", "sqlite3_walguard_nodefault_auto_init")
 # The only SQLite symbols the preload library may define: the functions it interposes.
 INTERPOSED = ("sqlite3_open", "sqlite3_open_v2", "sqlite3_open16")
 # The .pth hook (one line, run by site at every start-up of the environment's Pythons):
@@ -507,7 +510,11 @@ def check_library(path: Path) -> Tuple[ElfInfo, str]:
             f"{path} does not export the entry point(s) {missing}: not a walguard "
             f"loadable extension (build it with `cargo {' '.join(CARGO_ARGS)}`)"
         )
-    stray = sorted(n for n in info.defined if is_sqlite_symbol(n) and n not in ENTRY_POINTS)
+    stray = sorted(
+        n
+        for n in info.defined
+        if is_sqlite_symbol(n) and n not in ENTRY_POINTS and n not in AUTO_ENTRY_POINTS
+    )
     if stray:
         raise BuildError(
             f"{path} defines SQLite functions ({', '.join(stray[:5])}, ...): it carries "

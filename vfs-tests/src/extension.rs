@@ -43,6 +43,20 @@ pub const ENTRY_DEFAULT: &str = "sqlite3_walguard_init";
 /// The entry point that registers `walguard` without making it the default.
 pub const ENTRY_NODEFAULT: &str = "sqlite3_walguard_nodefault_init";
 
+/// Every symbol the extension exports: the two entry points and their auto-extension
+/// variants (which answer `SQLITE_OK`, for `sqlite3_auto_extension`).
+pub const ENTRY_POINTS: [&str; 4] = [
+    ENTRY_DEFAULT,
+    ENTRY_NODEFAULT,
+    "sqlite3_walguard_auto_init",
+    "sqlite3_walguard_nodefault_auto_init",
+];
+
+/// Whether `name` is one of [`ENTRY_POINTS`].
+pub fn is_entry_point(name: &str) -> bool {
+    ENTRY_POINTS.contains(&name)
+}
+
 /// A generous upper bound for one short script; a guard against hangs, not a
 /// performance assertion.
 pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);

@@ -6,10 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use vfs_tests::extension::{
-    extension_path, ldd_path, nm_path, run_with_timeout, ENTRY_DEFAULT, ENTRY_NODEFAULT,
-    SCRIPT_TIMEOUT,
-};
+use vfs_tests::extension::{extension_path, ldd_path, nm_path, run_with_timeout, SCRIPT_TIMEOUT};
 
 /// Debian's own libsqlite3 (`/usr/lib/<multiarch>/libsqlite3.so.0`, package
 /// libsqlite3-0), used as a positive control: the same checks must flag it.
@@ -50,26 +47,13 @@ fn is_sqlite_symbol(name: &str) -> bool {
             .is_some_and(|c| c.is_ascii_uppercase())
 }
 
-/// The auto-extension variants of the two entry points (they answer `SQLITE_OK`).
-const AUTO_ENTRIES: [&str; 2] = [
-    "sqlite3_walguard_auto_init",
-    "sqlite3_walguard_nodefault_auto_init",
-];
-
-fn is_entry_point(name: &str) -> bool {
-    name == ENTRY_DEFAULT || name == ENTRY_NODEFAULT || AUTO_ENTRIES.contains(&name)
-}
+use vfs_tests::extension::{is_entry_point, ENTRY_POINTS};
 
 #[test]
 fn exports_only_the_entry_points_and_defines_no_sqlite() {
     let so = extension_path();
     let defined = nm(&so, &["-D", "--defined-only"]);
-    for entry in [
-        ENTRY_DEFAULT,
-        ENTRY_NODEFAULT,
-        AUTO_ENTRIES[0],
-        AUTO_ENTRIES[1],
-    ] {
+    for entry in ENTRY_POINTS {
         assert!(
             defined.iter().any(|(ty, n)| n == entry && ty == "T"),
             "{} does not export the entry point {entry} as a function; nm -D --defined-only:\n{defined:#?}",

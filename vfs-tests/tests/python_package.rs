@@ -164,7 +164,7 @@ fn is_sqlite_symbol(name: &str) -> bool {
 }
 
 fn is_entry_point(name: &str) -> bool {
-    name == ENTRY_DEFAULT || name == ENTRY_NODEFAULT
+    vfs_tests::extension::is_entry_point(name)
 }
 
 fn readelf_path() -> PathBuf {
