@@ -333,13 +333,32 @@ impl DbLocks {
         !matches!(fd::ofd_probe(c.fd, Lock::Write, GATE, 1), Ok(None))
     }
 
-    pub(crate) fn old_write_release(&self) {
+    /// The set-up by `handle` is done (the index is recovered): the previous build's WRITE
+    /// mirror byte is released and the gate goes back to shared (or is released when this
+    /// process has no other reason to hold it: one `fcntl` for both bytes then).
+    pub(crate) fn end_setup(&self, handle: u64) {
         let mut s = self.inner.lock();
-        if std::mem::take(&mut s.old_write) {
-            if let Some(c) = s.carrier {
-                let _ = fd::ofd_lock(c.fd, Lock::Unlock, OLD_WRITE, 1);
-            }
+        if s.gate_excl != Some(handle) {
+            return;
         }
+        let Some(c) = s.carrier else { return };
+        if s.gate_refs == 0 {
+            let _ = fd::ofd_lock(c.fd, Lock::Unlock, OLD_WRITE, 2);
+            s.gate_held = None;
+            s.gate_excl = None;
+            s.old_write = false;
+            return;
+        }
+        if std::mem::take(&mut s.old_write) {
+            let _ = fd::ofd_lock(c.fd, Lock::Unlock, OLD_WRITE, 1);
+        }
+        s.end_exclusive(handle);
+    }
+
+    /// Whether `handle` holds the gate exclusively (its set-up or tear-down is under way:
+    /// no other process can map, set up or write an index meanwhile).
+    pub(crate) fn gate_held_exclusively_by(&self, handle: u64) -> bool {
+        self.inner.lock().gate_excl == Some(handle)
     }
 }
 

@@ -46,7 +46,6 @@ use crate::registry::DbNode;
 use crate::shm::{Dms, ShmHold, ShmNode};
 use crate::stats::{bump, COUNTERS};
 use libsqlite3_sys as ffi;
-use std::os::fd::RawFd;
 use std::sync::Arc;
 
 /// What a handle's first `xShmMap` brings.
@@ -54,9 +53,8 @@ pub(crate) struct MapRequest {
     pub handle: u64,
     /// The connection asked for `readonly_shm=1`.
     pub readonly_shm: bool,
-    /// The `-wal` this connection opened, and the unix VFS's descriptor of it.
+    /// The `-wal` this connection opened.
     pub wal: Option<Inode>,
-    pub wal_fd: Option<RawFd>,
 }
 
 fn setup_busy(msg: &'static str) -> Refusal {
@@ -127,21 +125,22 @@ pub(crate) fn attach(node: &Arc<DbNode>, req: &MapRequest) -> Result<Arc<ShmNode
     } else {
         set_up(node, &shm, req.handle)?;
     }
-    let watched = g4::watch(node, &shm, req.wal_fd);
-    if let Err(r) = g4::still_at_paths(node, &shm) {
-        // Replaced before the watch began: this index is nobody's.
-        g4::unwatch(&shm, true);
-        if !shm.readonly {
-            node.locks.gate_leave();
+    // A joined index must be the one at the paths (a set-up's is checked by its next
+    // transactions, none of which can run on a replaced one unchecked).
+    if !shm.setting_up() {
+        if let Err(r) = g4::still_at_paths(node, &shm) {
+            // Replaced since the open: this index is nobody's.
+            if !shm.readonly {
+                node.locks.gate_leave();
+            }
+            return Err(r);
         }
-        return Err(r);
     }
+    // The mapping starts unwatched (each transaction checks with `stat`, a write holds the
+    // gate while it runs): a short-lived connection never pays for watches, and its own
+    // tear-down wakes no thread. G4 watches it once it has served a few transactions.
     if !shm.readonly {
-        if watched {
-            shm.hold_gate_for_mapping();
-        } else {
-            node.locks.gate_leave();
-        }
+        node.locks.gate_leave();
     }
     shm.attach();
     bump!(shm_mapped);

@@ -32,17 +32,14 @@
 //! `SQLITE_IOERR_FSTAT`: the identity cannot be confirmed, so the transaction fails with a
 //! retryable error rather than risk writing into a split.
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::raw::c_int;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use libsqlite3_sys::{self as ffi, SQLITE_IOERR_FSTAT, SQLITE_IOERR_VNODE, SQLITE_OK};
 use parking_lot::Mutex;
-use std::os::fd::RawFd;
 use std::sync::{Arc, Weak};
 
 use crate::fd::Inode;
@@ -98,20 +95,15 @@ pub(crate) struct FileId {
     pub ino: u64,
 }
 
-impl FileId {
-    fn of(m: &std::fs::Metadata) -> FileId {
-        FileId {
-            dev: m.dev(),
-            ino: m.ino(),
-        }
-    }
-}
-
 /// `stat(path)` (following symbolic links, as SQLite's `open` does): the identity of the
 /// file the path names now, or `Ok(None)` when no file has that name.
 pub(crate) fn file_id_of_path(path: &CStr) -> io::Result<Option<FileId>> {
-    match std::fs::metadata(OsStr::from_bytes(path.to_bytes())) {
-        Ok(m) => Ok(Some(FileId::of(&m))),
+    // One `stat(2)` on the C string SQLite's path already is (no copy, no allocation).
+    match crate::fd::stat(path) {
+        Ok(st) => {
+            let (dev, ino) = crate::fd::inode_of(&st);
+            Ok(Some(FileId { dev, ino }))
+        }
         Err(e) if is_gone(&e) => Ok(None),
         Err(e) => Err(e),
     }
@@ -189,7 +181,6 @@ pub(crate) fn check_sidecar(db_path: &str, sidecar_path: &CStr, expected: FileId
 struct OpenedWal {
     path: CString,
     id: Inode,
-    fd: Option<RawFd>,
 }
 
 thread_local! {
@@ -197,24 +188,23 @@ thread_local! {
 }
 
 /// The wrapped VFS just opened the `-wal` at `path`: `id` is the file it opened (from its
-/// descriptor `fd` when known, else from the path).
-pub(crate) fn wal_opened(path: &CStr, id: Inode, fd: Option<RawFd>) {
+/// descriptor when known, else from the path).
+pub(crate) fn wal_opened(path: &CStr, id: Inode) {
     let _ = OPENED_WAL.try_with(|w| {
         *w.borrow_mut() = Some(OpenedWal {
             path: path.to_owned(),
             id,
-            fd,
         })
     });
 }
 
 /// The `-wal` this thread opened last, if it is `wal_path` (taken: used once).
-pub(crate) fn take_opened_wal(wal_path: &CStr) -> Option<(Inode, Option<RawFd>)> {
+pub(crate) fn take_opened_wal(wal_path: &CStr) -> Option<Inode> {
     OPENED_WAL
         .try_with(|w| {
             let mut w = w.borrow_mut();
             if w.as_ref().is_some_and(|o| o.path.as_c_str() == wal_path) {
-                w.take().map(|o| (o.id, o.fd))
+                w.take().map(|o| o.id)
             } else {
                 None
             }
@@ -400,9 +390,17 @@ pub(crate) fn still_at_paths(node: &DbNode, shm: &ShmNode) -> Result<(), Refusal
     }
 }
 
-/// Watches the sidecars of the new mapping `shm` (the `-wal` through `wal_fd` when
-/// known). Whether it is watched.
-pub(crate) fn watch(node: &Arc<DbNode>, shm: &Arc<ShmNode>, wal_fd: Option<RawFd>) -> bool {
+/// How many transactions a mapping serves unwatched before G4 watches it: a connection
+/// that opens, queries and closes (a CLI invocation, a request handler that connects per
+/// request) never pays for the watches and for the watcher thread waking at its own
+/// tear-down; one that lives on is watched from its ninth transaction.
+pub(crate) const WATCH_AFTER: u32 = 8;
+
+/// Watches the sidecars of the mapping `shm`: the `-shm` through walguard's own
+/// descriptor (the file it maps, whatever the path names), the `-wal` by its path (the
+/// descriptor of the connection that opened it may be closed by now; the caller checks
+/// that the path names the index's `-wal`). Whether it is watched.
+fn watch(node: &Arc<DbNode>, shm: &Arc<ShmNode>) -> bool {
     register_fork_hooks();
     prune(node);
     let mw = Arc::new(MappingWatch {
@@ -414,10 +412,8 @@ pub(crate) fn watch(node: &Arc<DbNode>, shm: &Arc<ShmNode>, wal_fd: Option<RawFd
     let owner: Weak<dyn Watched> = Arc::downgrade(&(mw.clone() as Arc<dyn Watched>));
     let wal = wal_path(node);
     let mut files = vec![watch::File::Fd(shm.fd)];
-    match (shm.wal, wal_fd, wal.as_deref()) {
-        (Some(_), Some(fd), _) => files.push(watch::File::Fd(fd)),
-        (Some(_), None, Some(p)) => files.push(watch::File::Path(p)),
-        _ => {}
+    if let (Some(_), Some(p)) = (shm.wal, wal.as_deref()) {
+        files.push(watch::File::Path(p));
     }
     let Some(reg) = watch::watch(shm.inode.0, shm.fd, &files, owner.clone()) else {
         return false;
@@ -493,9 +489,11 @@ fn register_fork_hooks() {
 /// A read transaction starts with a shared READ-slot lock, a write transaction with the
 /// exclusive WRITE lock, a checkpoint with the exclusive CKPT lock. Undoes nothing itself:
 /// a refused transaction never took its lock.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn transaction_start(
-    node: &DbNode,
-    shm: &ShmNode,
+    node: &Arc<DbNode>,
+    shm: &Arc<ShmNode>,
+    handle: u64,
     hold: &mut ShmHold,
     checked: &mut Checked,
     ofst: c_int,
@@ -516,7 +514,7 @@ pub(crate) fn transaction_start(
         // A checkpoint lock taken under the WRITE lock (recovery, a checkpoint after a
         // commit) was covered by the WRITE lock's own start.
         let covered = write && hold.excl & 1 != 0;
-        match before_transaction(node, shm, write && !covered, checked) {
+        match before_transaction(node, shm, handle, write && !covered, checked) {
             Ok(taken) => gate_taken = taken,
             Err(r) => return r.report(&node.path),
         }
@@ -528,20 +526,44 @@ pub(crate) fn transaction_start(
     rc
 }
 
+/// The mapping has served [`WATCH_AFTER`] transactions: from now on the watcher watches
+/// its files (and it holds the gate while it maps). The paths are checked after the
+/// watches began, so a replacement made before is not missed (any later one is an
+/// event). Returns the watcher instance (0: no watcher here; it stays unwatched).
+fn start_watching(node: &Arc<DbNode>, shm: &Arc<ShmNode>) -> Result<u64, Refusal> {
+    if !watch(node, shm) {
+        return Ok(0);
+    }
+    if let Err(r) = still_at_paths(node, shm) {
+        poison(node, shm);
+        return Err(r);
+    }
+    Ok(shm.watch_instance())
+}
+
 /// The checks before a read or write transaction (see the module documentation).
 /// `Ok(true)`: a reference on the gate was taken for this write (the lock keeps it).
 fn before_transaction(
-    node: &DbNode,
-    shm: &ShmNode,
+    node: &Arc<DbNode>,
+    shm: &Arc<ShmNode>,
+    handle: u64,
     write: bool,
     checked: &mut Checked,
 ) -> Result<bool, Refusal> {
-    let instance = shm.watch_instance();
+    let mut instance = shm.watch_instance();
+    if instance == 0 && !shm.readonly && shm.count_transaction() == WATCH_AFTER {
+        instance = start_watching(node, shm)?;
+    }
     if !shm.watched() && instance != 0 && watch::resume(instance) && shm.rehold_gate() {
         // Watched again (the watcher stopped for a fork): what happened meanwhile is in
         // the queue; check once now rather than wait for the thread.
         watch::drain(instance);
         check_mapping(node, shm)?;
+    }
+    // This handle sets the index up or tears it down right now (it holds the gate
+    // exclusively): no other process can have replaced it and set up another meanwhile.
+    if !shm.watched() && node.locks.gate_held_exclusively_by(handle) {
+        return Ok(false);
     }
     if shm.watched() {
         if write && watch::drain(instance) {
@@ -596,7 +618,8 @@ mod tests {
     use super::*;
     use crate::g3_short_header_reads::testkit::capture;
     use std::ffi::CString;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn cpath(p: &std::path::Path) -> CString {
         CString::new(p.as_os_str().as_bytes()).expect("no NUL in a temp path")

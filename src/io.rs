@@ -81,7 +81,7 @@ pub(crate) struct FileState {
     shm: Option<Mapped>,
     /// The `-wal` this connection opened for its current WAL session (G4), taken at the
     /// first attempt of its first mapping and kept across retries, forgotten at unmap.
-    wal: Option<(crate::fd::Inode, Option<std::os::fd::RawFd>)>,
+    wal: Option<crate::fd::Inode>,
     /// The connection asked for `readonly_shm=1`.
     readonly_shm: bool,
     /// G4: when this handle last confirmed its sidecars (unwatched mappings).
@@ -254,7 +254,7 @@ pub(crate) unsafe fn opened(
                         .map(|st| crate::fd::inode_of(&st))
                 });
             if let Some(ident) = ident {
-                g4::wal_opened(cname, ident, descriptor.map(|(fd, _)| fd));
+                g4::wal_opened(cname, ident);
             }
             None
         }
@@ -636,8 +636,7 @@ unsafe extern "C" fn x_shm_map(
             let req = MapRequest {
                 handle: st.id,
                 readonly_shm: st.readonly_shm,
-                wal: st.wal.map(|(id, _)| id),
-                wal_fd: st.wal.and_then(|(_, fd)| fd),
+                wal: st.wal,
             };
             match g2::attach(&node, &req) {
                 Ok(shm) => {
@@ -681,7 +680,16 @@ unsafe extern "C" fn x_shm_lock(
         let (Some(node), Some(m)) = (st.db.as_ref(), st.shm.as_mut()) else {
             return ffi::SQLITE_IOERR_SHMLOCK;
         };
-        g4::transaction_start(node, &m.shm, &mut m.hold, &mut st.checked, ofst, n, flags)
+        g4::transaction_start(
+            node,
+            &m.shm,
+            st.id,
+            &mut m.hold,
+            &mut st.checked,
+            ofst,
+            n,
+            flags,
+        )
     })
 }
 

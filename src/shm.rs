@@ -114,6 +114,8 @@ pub(crate) struct ShmNode {
     watched: AtomicBool,
     /// The watcher instance watching this mapping's files (0: none).
     watch_instance: AtomicU64,
+    /// Transactions started on it (until G4 watches it).
+    transactions: std::sync::atomic::AtomicU32,
     /// The fork generation that made it: a child never purges its parent's mappings.
     generation: u64,
 }
@@ -237,6 +239,7 @@ impl ShmNode {
             poisoned: AtomicBool::new(false),
             watched: AtomicBool::new(false),
             watch_instance: AtomicU64::new(0),
+            transactions: std::sync::atomic::AtomicU32::new(0),
             generation: crate::fork_safety::generation(),
         }
     }
@@ -340,15 +343,6 @@ impl ShmNode {
 
     // ---- the gate, as this mapping holds it (policy in g2_wal_lifecycle) ----
 
-    /// This mapping takes a reference on the gate for as long as it is watched (the
-    /// caller took it with `DbLocks::gate_enter`, or holds it as the set-up's).
-    pub(crate) fn hold_gate_for_mapping(&self) {
-        let mut inner = self.inner.lock();
-        inner.mapping_ref = true;
-        inner.release_pending = false;
-        self.watched.store(true, Ordering::SeqCst);
-    }
-
     /// Takes the mapping's reference again (the watcher runs again). `false`: the gate
     /// is held exclusively elsewhere, or the mapping is poisoned or gone.
     pub(crate) fn rehold_gate(&self) -> bool {
@@ -386,6 +380,13 @@ impl ShmNode {
         self.watch_instance.store(instance, Ordering::SeqCst);
     }
 
+    /// Counts a transaction start; returns the new count (saturating).
+    pub(crate) fn count_transaction(&self) -> u32 {
+        self.transactions
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1))
+            .map_or(u32::MAX, |n| n + 1)
+    }
+
     /// The watcher instance watching this mapping (0: none).
     pub(crate) fn watch_instance(&self) -> u64 {
         self.watch_instance.load(Ordering::Relaxed)
@@ -402,10 +403,14 @@ impl ShmNode {
         self.inner.lock().setup_holder = Some(handle);
     }
 
+    /// Whether this mapping set a new index up (it was nobody's before).
+    pub(crate) fn setting_up(&self) -> bool {
+        self.inner.lock().setup_holder.is_some()
+    }
+
     fn end_setup(&self, inner: &mut Inner) {
         if let Some(h) = inner.setup_holder.take() {
-            self.db_locks.old_write_release();
-            self.db_locks.gate_end_exclusive(h);
+            self.db_locks.end_setup(h);
         }
     }
 
@@ -526,8 +531,8 @@ impl ShmNode {
     /// `xShmLock` as os_unix.c's `unixShmLock`, with OFD locks. A lock request on a
     /// poisoned mapping fails with `SQLITE_IOERR_VNODE`. An exclusive WRITE or CKPT lock
     /// on a mapping that does not hold the gate takes a reference on it first (and gives
-    /// it back with the slot). The first read lock, or the end of the first write, after
-    /// a set-up ends the set-up (the index is recovered by then).
+    /// it back with the slot). The first read lock, or the end of a checkpoint outside a
+    /// write, after a set-up ends the set-up (SQLite recovers an index before either).
     ///
     /// `gate_taken`: the caller already took that reference (it checked the sidecars under
     /// it); the lock keeps it, or gives it back if it fails or does not need it.
@@ -595,8 +600,9 @@ impl ShmNode {
         if inner.slots[first..first + count].iter().any(|&s| s != 0) {
             return ffi::SQLITE_BUSY;
         }
-        // WRITE (0) or CKPT (1) changes the -wal or the database: with the gate held.
-        let needs_gate = first <= 1 && !inner.mapping_ref;
+        // WRITE (0) or CKPT (1) changes the -wal or the database: with the gate held (a
+        // set-up holds it exclusively already).
+        let needs_gate = first <= 1 && !inner.mapping_ref && inner.setup_holder.is_none();
         if needs_gate && !gate_taken && !self.db_locks.gate_enter() {
             return ffi::SQLITE_BUSY;
         }
@@ -654,8 +660,9 @@ impl ShmNode {
         for _ in 0..gate.count_ones() {
             self.db_locks.gate_leave();
         }
-        if was_excl && first == 0 {
-            // A write (or the recovery that runs under the WRITE lock) ended.
+        if was_excl && first == 1 && inner.slots[0] == 0 {
+            // A checkpoint ended outside a write (a connection that only checkpoints takes
+            // no read lock): the index is recovered by then.
             self.end_setup(inner);
         }
         if inner.release_pending && inner.slots.iter().all(|&s| s >= 0) {
@@ -694,7 +701,9 @@ impl ShmNode {
         if std::mem::replace(&mut inner.purged, true) {
             return None;
         }
-        if delete && fd::stat(&self.cpath).is_ok_and(|s| fd::inode_of(&s) == self.inode) {
+        if delete {
+            // Only a tear-down deletes (G2: this process holds the gate exclusively and
+            // nobody else holds the dead-man switch), as os_unix.c does at last unmap.
             // SAFETY: a NUL-terminated path.
             unsafe { libc::unlink(self.cpath.as_ptr()) };
         }
