@@ -229,7 +229,7 @@ fn lock_error(rc: i32, shm: &ShmNode) -> Refusal {
 /// handle purges the mapping, deleting the `-shm` when SQLite asked to and this handle's
 /// tear-down was allowed (never from a stale index).
 pub(crate) fn detach(
-    node: &DbNode,
+    node: &Arc<DbNode>,
     handle: u64,
     shm: &Arc<ShmNode>,
     hold: &mut ShmHold,
@@ -248,7 +248,7 @@ pub(crate) fn detach(
     // The descriptor is kept for the next mapping where the watcher will tell if the file
     // goes (registry: closing it could cancel another runtime's POSIX locks). Deleted
     // files take their kernel watches with them.
-    let keep = shm.watched() && !shm.is_poisoned() && !delete;
+    let keep = !shm.is_poisoned() && !delete && g4::watch_kept(node, shm);
     if !keep {
         g4::unwatch(shm, !delete);
     }

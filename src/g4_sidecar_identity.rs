@@ -338,8 +338,15 @@ impl Watched for MappingWatch {
         let Some(db) = self.db.upgrade() else { return };
         match self.shm.upgrade() {
             Some(shm) if !shm.purged() => {
-                if !shm.is_poisoned() {
-                    let _ = check_mapping(&db, &shm);
+                if !shm.is_poisoned()
+                    && check_mapping(&db, &shm).is_ok()
+                    && being_unlinked(&db, &shm)
+                {
+                    poison(&db, &shm);
+                    bump!(sidecar_replaced);
+                    tracing::error!(target: "walguard", path = %db.path, decision = "poison",
+                        "a sidecar of this process's WAL index was unlinked; connections using it \
+                         fail their next transaction (close and reopen them)");
                 }
             }
             _ => registry::drop_kept_if_gone(&db, self.shm_inode),
@@ -351,6 +358,18 @@ impl Watched for MappingWatch {
             shm.unhold_gate();
         }
     }
+}
+
+/// After an event: whether a sidecar of `shm` still at its path has no link left — the
+/// kernel reports an unlink a moment before the name goes, so a `stat` of the path right
+/// after the event can still find the file. Only watched (local) file systems come here,
+/// where a link count of 0 is exact.
+fn being_unlinked(node: &DbNode, shm: &ShmNode) -> bool {
+    let gone = |path: &CStr, id: Inode| {
+        crate::fd::stat(path).is_ok_and(|s| crate::fd::inode_of(&s) == id && s.st_nlink == 0)
+    };
+    gone(&shm.cpath, shm.inode)
+        || matches!((shm.wal, wal_path(node)), (Some(w), Some(p)) if gone(&p, w))
 }
 
 /// Every watched mapping (the watcher holds them weakly).
@@ -401,6 +420,18 @@ pub(crate) const WATCH_AFTER: u32 = 8;
 /// descriptor of the connection that opened it may be closed by now; the caller checks
 /// that the path names the index's `-wal`). Whether it is watched.
 fn watch(node: &Arc<DbNode>, shm: &Arc<ShmNode>) -> bool {
+    watch_files(node, shm, true)
+}
+
+/// The last handle of the mapping `shm`, which was never watched, unmaps and the registry
+/// is to keep its `-shm` descriptor: from now on the watcher watches that file, so the
+/// descriptor is closed when the file goes (no process sits on a deleted `-shm`). `false`:
+/// no watcher here; the caller closes the descriptor instead.
+pub(crate) fn watch_kept(node: &Arc<DbNode>, shm: &Arc<ShmNode>) -> bool {
+    shm.watched() || shm.watch_instance() != 0 || watch_files(node, shm, false)
+}
+
+fn watch_files(node: &Arc<DbNode>, shm: &Arc<ShmNode>, with_wal: bool) -> bool {
     register_fork_hooks();
     prune(node);
     let mw = Arc::new(MappingWatch {
@@ -412,7 +443,7 @@ fn watch(node: &Arc<DbNode>, shm: &Arc<ShmNode>) -> bool {
     let owner: Weak<dyn Watched> = Arc::downgrade(&(mw.clone() as Arc<dyn Watched>));
     let wal = wal_path(node);
     let mut files = vec![watch::File::Fd(shm.fd)];
-    if let (Some(_), Some(p)) = (shm.wal, wal.as_deref()) {
+    if let (true, Some(_), Some(p)) = (with_wal, shm.wal, wal.as_deref()) {
         files.push(watch::File::Path(p));
     }
     let Some(reg) = watch::watch(shm.inode.0, shm.fd, &files, owner.clone()) else {
@@ -534,9 +565,10 @@ fn start_watching(node: &Arc<DbNode>, shm: &Arc<ShmNode>) -> Result<u64, Refusal
     if !watch(node, shm) {
         return Ok(0);
     }
-    if let Err(r) = still_at_paths(node, shm) {
+    let replaced = still_at_paths(node, shm).err();
+    if replaced.is_some() || being_unlinked(node, shm) {
         poison(node, shm);
-        return Err(r);
+        return Err(replaced.unwrap_or_else(stale));
     }
     Ok(shm.watch_instance())
 }

@@ -217,6 +217,7 @@ pub(crate) fn evict_idle() -> bool {
 /// The last mapping of `node` ended with its `-shm` still at the path: the descriptor is
 /// kept for the next one (an older kept one is closed).
 pub(crate) fn keep_shm(node: &DbNode, kept: Kept) {
+    crate::stats::bump!(kept_shm);
     let old = node.state.lock().kept.replace(kept);
     if let Some(old) = old.filter(|o| o.fd != kept.fd) {
         fd::close_when_safe(old.fd, old.inode.1);
@@ -233,12 +234,18 @@ pub(crate) fn drop_kept_if_gone(node: &DbNode, inode: Inode) {
     let Ok(path) = CString::new([node.cpath.to_bytes(), b"-shm"].concat()) else {
         return;
     };
-    if fd::stat(&path).is_ok_and(|s| fd::inode_of(&s) == inode) {
+    // The kernel reports an unlink a moment before the name disappears: a file at its
+    // path with no link left is on its way out (local file systems only are watched).
+    if fd::stat(&path).is_ok_and(|s| fd::inode_of(&s) == inode && s.st_nlink > 0) {
         return;
     }
     st.kept = None;
     drop(st);
-    fd::close_when_safe(k.fd, k.inode.1);
+    // Gone from its path: nobody can open it again, and a lock another runtime of this
+    // process may still hold on it guards nothing anyone else sees. Closed at once (a
+    // probe could find the remover's lock still there and defer the close).
+    crate::stats::bump!(kept_shm_dropped);
+    fd::close(k.fd);
 }
 
 /// The node this instance has for the database named `db_path`, if a handle of it is open.

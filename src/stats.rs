@@ -103,6 +103,10 @@ counters! {
     /// Databases whose locks walguard had to take through a descriptor of its own (the
     /// wrapped VFS's descriptor could not be read).
     own_descriptors,
+    /// `-shm` descriptors kept between two mappings (see `registry`), and those closed
+    /// because their file left its path.
+    kept_shm,
+    kept_shm_dropped,
 }
 
 pub(crate) static COUNTERS: Counters = Counters::new();
