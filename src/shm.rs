@@ -52,6 +52,49 @@ const EXTEND_PAGE: i64 = 4096;
 
 pub(crate) use crate::fd::Inode;
 
+/// Every shared mapping of a `-shm` this process made: `(address, length)`. A forked child
+/// inherits the mappings, and a mapping keeps its open file description alive — with
+/// the OFD locks walguard takes through that descriptor (the dead-man switch, the WRITE
+/// lock of a write in flight). A child that never execs would keep its parent's locks
+/// after the parent died. So the child hook replaces each inherited mapping with private
+/// anonymous memory at the same address: the file is let go, and a connection the child
+/// inherited (which SQLite forbids it to use) reads zeros instead of faulting; its first
+/// lock request then fails (`io.rs`).
+static MAPPED: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+
+fn register_fork_hooks() {
+    use crate::fork_safety::{hold, register, release, Hooks, Order};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        register(Hooks {
+            order: Order::Descriptors,
+            prepare: || hold(&MAPPED),
+            // SAFETY: prepare held MAPPED in this thread.
+            parent: || unsafe { release(&MAPPED) },
+            child: || {
+                // SAFETY: prepare locked MAPPED before the fork; the child runs one thread.
+                // Each entry is a mapping made by `grow` and not unmapped since; mmap
+                // with MAP_FIXED replaces it in place (no allocation here).
+                unsafe {
+                    let mapped = &mut *MAPPED.data_ptr();
+                    for &(addr, len) in mapped.iter() {
+                        libc::mmap(
+                            addr as *mut c_void,
+                            len,
+                            libc::PROT_READ | libc::PROT_WRITE,
+                            libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                            -1,
+                            0,
+                        );
+                    }
+                    mapped.clear();
+                    release(&MAPPED);
+                }
+            },
+        })
+    });
+}
+
 /// A handle's hold on WAL lock slots.
 #[derive(Default)]
 pub(crate) struct ShmHold {
@@ -504,6 +547,9 @@ impl ShmNode {
         while inner.regions.len() < wanted {
             let len = size * per_map;
             let at = (inner.regions.len() * size) as libc::off_t;
+            register_fork_hooks();
+            // Mapped and recorded under MAPPED's lock, which the fork prepare hook holds.
+            let mut mapped = MAPPED.lock();
             // SAFETY: a fresh shared mapping of `len` bytes of our descriptor; the file
             // holds them (checked or extended above).
             let p = unsafe {
@@ -519,6 +565,8 @@ impl ShmNode {
             if p == libc::MAP_FAILED {
                 return ffi::SQLITE_IOERR_SHMMAP;
             }
+            mapped.push((p as usize, len));
+            drop(mapped);
             for i in 0..per_map {
                 inner.regions.push(p as usize + i * size);
             }
@@ -709,11 +757,15 @@ impl ShmNode {
         }
         self.end_setup(&mut inner);
         let per_map = regions_per_map(inner.region_size.max(1));
+        let mut mapped = MAPPED.lock();
         for chunk in inner.regions.chunks(per_map) {
+            let len = inner.region_size * per_map;
+            mapped.retain(|&(a, _)| a != chunk[0]);
             // SAFETY: each chunk's first address is one mapping of size * per_map bytes
             // made in `grow`; SQLite no longer uses it (its last handle unmapped).
-            unsafe { libc::munmap(chunk[0] as *mut c_void, inner.region_size * per_map) };
+            unsafe { libc::munmap(chunk[0] as *mut c_void, len) };
         }
+        drop(mapped);
         inner.regions.clear();
         inner.slots = [0; SHM_NLOCK];
         if std::mem::take(&mut inner.mapping_ref) {
