@@ -272,14 +272,7 @@ impl DbLocks {
         if s.gate_refs > own_refs {
             return false;
         }
-        if s.candidates
-            .iter()
-            .any(|c| c.handle == handle && c.writable)
-            && !matches!(s.carrier, Some(c) if c.source == Source::Lent(handle))
-        {
-            s.move_to(handle, self.ino);
-        }
-        let Some(c) = s.carrier.filter(|c| c.writable) else {
+        let Some(c) = s.writable_carrier_for(handle, self.ino) else {
             return false;
         };
         if !matches!(fd::ofd_lock(c.fd, Lock::Write, GATE, 1), Ok(true)) {
@@ -299,14 +292,7 @@ impl DbLocks {
         if s.gate_excl.is_some() || s.gate_refs > 0 || s.old_write {
             return false;
         }
-        if s.candidates
-            .iter()
-            .any(|c| c.handle == handle && c.writable)
-            && !matches!(s.carrier, Some(c) if c.source == Source::Lent(handle))
-        {
-            s.move_to(handle, self.ino);
-        }
-        let Some(c) = s.carrier.filter(|c| c.writable) else {
+        let Some(c) = s.writable_carrier_for(handle, self.ino) else {
             return false;
         };
         if !matches!(fd::ofd_lock(c.fd, Lock::Write, OLD_WRITE, 2), Ok(true)) {
@@ -363,6 +349,20 @@ impl DbLocks {
 }
 
 impl Inner {
+    /// The carrier an exclusive lock of `handle` goes through: its own descriptor when it
+    /// lent a writable one (see the module documentation), else the current carrier if
+    /// that is writable.
+    fn writable_carrier_for(&mut self, handle: u64, ino: u64) -> Option<Carrier> {
+        let lent_writable = self
+            .candidates
+            .iter()
+            .any(|c| c.handle == handle && c.writable);
+        if lent_writable && !matches!(self.carrier, Some(c) if c.source == Source::Lent(handle)) {
+            self.move_to(handle, ino);
+        }
+        self.carrier.filter(|c| c.writable)
+    }
+
     fn take_mirror(&mut self) -> Result<(), String> {
         if self.mirror {
             return Ok(());

@@ -310,15 +310,7 @@ pub(crate) fn joinable(
         mark_poisoned(cur);
         Ok(false)
     } else {
-        bump!(sidecar_replaced);
-        Err(Refusal::new(
-            SQLITE_IOERR_VNODE,
-            &COUNTERS.stale_transactions,
-            "SQLITE_IOERR_VNODE",
-            Level::Alarm,
-            "the -wal was removed or replaced while this connection opened it. Close and \
-             reopen the connection",
-        ))
+        Err(wal_replaced())
     }
 }
 
@@ -394,19 +386,22 @@ pub(crate) fn still_at_paths(node: &DbNode, shm: &ShmNode) -> Result<(), Refusal
         ));
     }
     match (shm.wal, wal_path(node)) {
-        (Some(w), Some(p)) if !at(&p, w) => {
-            bump!(sidecar_replaced);
-            Err(Refusal::new(
-                SQLITE_IOERR_VNODE,
-                &COUNTERS.stale_transactions,
-                "SQLITE_IOERR_VNODE",
-                Level::Alarm,
-                "the -wal was removed or replaced since this connection opened it. Close and \
-                 reopen the connection",
-            ))
-        }
+        (Some(w), Some(p)) if !at(&p, w) => Err(wal_replaced()),
         _ => Ok(()),
     }
+}
+
+/// The `-wal` a connection opened is no longer the one at the path (counted).
+fn wal_replaced() -> Refusal {
+    bump!(sidecar_replaced);
+    Refusal::new(
+        SQLITE_IOERR_VNODE,
+        &COUNTERS.stale_transactions,
+        "SQLITE_IOERR_VNODE",
+        Level::Alarm,
+        "the -wal was removed or replaced since this connection opened it. Close and reopen \
+         the connection",
+    )
 }
 
 /// How many transactions a mapping serves unwatched before G4 watches it: a connection

@@ -266,16 +266,19 @@ unsafe extern "C" fn x_open(
         let mut reported = flags;
         let mut rc = ffi::SQLITE_CANTOPEN;
         let mut descriptor = None;
-        for attempt in 1..=WAL_OPEN_ATTEMPTS {
-            rc = wfwd!(
+        let open = |reported: &mut c_int| {
+            wfwd!(
                 vfs,
                 xOpen,
                 ffi::SQLITE_CANTOPEN,
                 name,
                 inner,
                 flags,
-                &mut reported
-            );
+                reported
+            )
+        };
+        for attempt in 1..=WAL_OPEN_ATTEMPTS {
+            rc = open(&mut reported);
             if rc != ffi::SQLITE_OK
                 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EMFILE)
                 && crate::registry::evict_idle()
@@ -284,15 +287,7 @@ unsafe extern "C" fn x_open(
                 // more.
                 // SAFETY: as above.
                 unsafe { close_wrapped(inner) };
-                rc = wfwd!(
-                    vfs,
-                    xOpen,
-                    ffi::SQLITE_CANTOPEN,
-                    name,
-                    inner,
-                    flags,
-                    &mut reported
-                );
+                rc = open(&mut reported);
             }
             if rc != ffi::SQLITE_OK {
                 break;

@@ -719,6 +719,58 @@ pub fn parse_stats_json(text: &str) -> Result<BTreeMap<String, u64>, String> {
     Ok(map)
 }
 
+/// `(type, name)` of the symbols `nm` lists with these flags (binutils' `nm`).
+pub fn nm(path: &Path, flags: &[&str]) -> Vec<(String, String)> {
+    let mut cmd = Command::new(nm_path());
+    cmd.args(flags).arg(path);
+    let out = run_with_timeout(cmd, None, SCRIPT_TIMEOUT);
+    out.assert_success("nm");
+    out.stdout
+        .lines()
+        .filter_map(|l| {
+            // "0000000000012345 T name" or, for undefined symbols, "                 U name".
+            let mut w = l.split_whitespace().rev();
+            let name = w.next()?;
+            let ty = w.next()?;
+            Some((ty.to_owned(), name.to_owned()))
+        })
+        .collect()
+}
+
+/// SQLite's public API (`sqlite3_open_v2`) and internal functions (`sqlite3BtreeOpen`,
+/// `sqlite3VdbeExec`) of the amalgamation. Rust-mangled names start with `_ZN`/`_R`.
+pub fn is_sqlite_symbol(name: &str) -> bool {
+    let base = name.split('@').next().unwrap_or(name);
+    base.starts_with("sqlite3_")
+        || base
+            .strip_prefix("sqlite3")
+            .and_then(|r| r.chars().next())
+            .is_some_and(|c| c.is_ascii_uppercase())
+}
+
+/// `version` of the `[package]` table of the workspace's root `Cargo.toml`.
+pub fn crate_version() -> String {
+    let path = workspace_root().join("Cargo.toml");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut in_package = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_package = line == "[package]";
+        } else if in_package {
+            if let Some(v) = line
+                .strip_prefix("version")
+                .map(str::trim_start)
+                .and_then(|r| r.strip_prefix('='))
+            {
+                return v.trim().trim_matches('"').to_owned();
+            }
+        }
+    }
+    panic!("no [package] version in {}", path.display())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

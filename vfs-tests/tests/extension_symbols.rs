@@ -3,10 +3,11 @@
 //! A second copy would mean two sets of POSIX locks and two WAL-index implementations in
 //! one process, the very split walguard exists to prevent.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
+use vfs_tests::extension::{is_sqlite_symbol, nm};
 
-use vfs_tests::extension::{extension_path, ldd_path, nm_path, run_with_timeout, SCRIPT_TIMEOUT};
+use vfs_tests::extension::{extension_path, ldd_path, run_with_timeout, SCRIPT_TIMEOUT};
 
 /// Debian's own libsqlite3 (`/usr/lib/<multiarch>/libsqlite3.so.0`, package
 /// libsqlite3-0), used as a positive control: the same checks must flag it.
@@ -16,35 +17,6 @@ fn host_libsqlite() -> Option<PathBuf> {
         .filter_map(Result::ok)
         .map(|e| e.path().join("libsqlite3.so.0"))
         .find(|p| p.is_file())
-}
-
-/// `(type, name)` of the symbols `nm` lists with these flags.
-fn nm(path: &Path, flags: &[&str]) -> Vec<(String, String)> {
-    let mut cmd = Command::new(nm_path());
-    cmd.args(flags).arg(path);
-    let out = run_with_timeout(cmd, None, SCRIPT_TIMEOUT);
-    out.assert_success("nm");
-    out.stdout
-        .lines()
-        .filter_map(|l| {
-            // "0000000000012345 T name" or, for undefined symbols, "                 U name".
-            let mut w = l.split_whitespace().rev();
-            let name = w.next()?;
-            let ty = w.next()?;
-            Some((ty.to_owned(), name.to_owned()))
-        })
-        .collect()
-}
-
-fn is_sqlite_symbol(name: &str) -> bool {
-    // Public API (`sqlite3_open_v2`) and internal functions (`sqlite3BtreeOpen`,
-    // `sqlite3VdbeExec`) of the amalgamation. Rust-mangled names start with `_ZN`/`_R`.
-    let base = name.split('@').next().unwrap_or(name);
-    base.starts_with("sqlite3_")
-        || base
-            .strip_prefix("sqlite3")
-            .and_then(|r| r.chars().next())
-            .is_some_and(|c| c.is_ascii_uppercase())
 }
 
 use vfs_tests::extension::{is_entry_point, ENTRY_POINTS};

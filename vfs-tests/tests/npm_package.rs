@@ -38,10 +38,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
+use vfs_tests::extension::{crate_version, is_sqlite_symbol, nm};
 
 use vfs_tests::extension::{
-    extension_path, nm_path, run_with_timeout, workspace_root, LineProcess, RunOutput,
-    ENTRY_DEFAULT, ENTRY_NODEFAULT, SCRIPT_TIMEOUT,
+    extension_path, run_with_timeout, workspace_root, LineProcess, RunOutput, ENTRY_DEFAULT,
+    ENTRY_NODEFAULT, SCRIPT_TIMEOUT,
 };
 use vfs_tests::worker::{parse_rows, stat};
 
@@ -364,28 +365,6 @@ fn counter(kv: &BTreeMap<String, String>, key: &str) -> u64 {
 // ---------------------------------------------------------------------------------------
 // The tarball's contents
 
-/// `version` of the `[package]` table of the workspace's root `Cargo.toml`.
-fn crate_version() -> String {
-    let path = workspace_root().join("Cargo.toml");
-    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let mut in_package = false;
-    for line in text.lines() {
-        let line = line.trim();
-        if line.starts_with('[') {
-            in_package = line == "[package]";
-        } else if in_package {
-            if let Some(v) = line
-                .strip_prefix("version")
-                .map(str::trim_start)
-                .and_then(|r| r.strip_prefix('='))
-            {
-                return v.trim().trim_matches('"').to_owned();
-            }
-        }
-    }
-    panic!("no [package] version in {}", path.display())
-}
-
 fn tool(name: &str, package: &str) -> PathBuf {
     let usr = Path::new("/usr/bin").join(name);
     if usr.is_file() {
@@ -394,33 +373,6 @@ fn tool(name: &str, package: &str) -> PathBuf {
     on_path(name).unwrap_or_else(|| {
         panic!("{name} is missing: install it with `apt-get install -y {package}`")
     })
-}
-
-/// `(type, name)` of the symbols `nm` lists with these flags.
-fn nm(path: &Path, flags: &[&str]) -> Vec<(String, String)> {
-    let mut cmd = Command::new(nm_path());
-    cmd.args(flags).arg(path);
-    let out = run_with_timeout(cmd, None, SCRIPT_TIMEOUT);
-    out.assert_success("nm");
-    out.stdout
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace().rev();
-            let name = w.next()?;
-            let ty = w.next()?;
-            Some((ty.to_owned(), name.to_owned()))
-        })
-        .collect()
-}
-
-/// SQLite's public API (`sqlite3_open_v2`) and internal functions (`sqlite3BtreeOpen`).
-fn is_sqlite_symbol(name: &str) -> bool {
-    let base = name.split('@').next().unwrap_or(name);
-    base.starts_with("sqlite3_")
-        || base
-            .strip_prefix("sqlite3")
-            .and_then(|r| r.chars().next())
-            .is_some_and(|c| c.is_ascii_uppercase())
 }
 
 /// The section names `readelf -S -W` lists.

@@ -31,10 +31,10 @@ use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use vfs_tests::extension::{crate_version, is_sqlite_symbol, nm};
 
 use vfs_tests::extension::{
-    nm_path, python3_path, run_with_timeout, workspace_root, ENTRY_DEFAULT, ENTRY_NODEFAULT,
-    SCRIPT_TIMEOUT,
+    python3_path, run_with_timeout, workspace_root, ENTRY_DEFAULT, ENTRY_NODEFAULT, SCRIPT_TIMEOUT,
 };
 use vfs_tests::reach::{self, peek_run, pip, py_command, PyWorker, Venv, INSTALL_TIMEOUT};
 use vfs_tests::worker::{parse_rows, stat};
@@ -91,28 +91,6 @@ fn counter(kv: &BTreeMap<String, String>, key: &str) -> u64 {
 // ---------------------------------------------------------------------------------------
 // The wheel's contents
 
-/// `version` of the `[package]` table of the workspace's root `Cargo.toml`.
-fn crate_version() -> String {
-    let path = workspace_root().join("Cargo.toml");
-    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let mut in_package = false;
-    for line in text.lines() {
-        let line = line.trim();
-        if line.starts_with('[') {
-            in_package = line == "[package]";
-        } else if in_package {
-            if let Some(v) = line
-                .strip_prefix("version")
-                .map(str::trim_start)
-                .and_then(|r| r.strip_prefix('='))
-            {
-                return v.trim().trim_matches('"').to_owned();
-            }
-        }
-    }
-    panic!("no [package] version in {}", path.display())
-}
-
 fn objdump_path() -> PathBuf {
     let p = Path::new("/usr/bin/objdump");
     if p.is_file() {
@@ -134,33 +112,6 @@ fn max_glibc(objdump: &str) -> Option<(u32, u32)> {
         }
     }
     best
-}
-
-/// `(type, name)` of the symbols `nm` lists with these flags.
-fn nm(path: &Path, flags: &[&str]) -> Vec<(String, String)> {
-    let mut cmd = Command::new(nm_path());
-    cmd.args(flags).arg(path);
-    let out = run_with_timeout(cmd, None, SCRIPT_TIMEOUT);
-    out.assert_success("nm");
-    out.stdout
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace().rev();
-            let name = w.next()?;
-            let ty = w.next()?;
-            Some((ty.to_owned(), name.to_owned()))
-        })
-        .collect()
-}
-
-/// SQLite's public API (`sqlite3_open_v2`) and internal functions (`sqlite3BtreeOpen`).
-fn is_sqlite_symbol(name: &str) -> bool {
-    let base = name.split('@').next().unwrap_or(name);
-    base.starts_with("sqlite3_")
-        || base
-            .strip_prefix("sqlite3")
-            .and_then(|r| r.chars().next())
-            .is_some_and(|c| c.is_ascii_uppercase())
 }
 
 fn is_entry_point(name: &str) -> bool {
