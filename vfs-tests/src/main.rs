@@ -10,6 +10,11 @@ a scripted SQLite process: one command per stdin line, one reply per stdout line
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
+        // `worker defect17 ...`: the issue-17 defect scenarios, dispatched here so the
+        // worker does not import the module that drives it.
+        Some("worker") if args.get(2).map(String::as_str) == Some("defect17") => {
+            vfs_tests::defect17::main(&args[3..])
+        }
         Some("worker") => vfs_tests::worker::main(&args[2..]),
         Some("torture") => vfs_tests::torture::main(&args[2..]),
         Some("torture-worker") => vfs_tests::torture::worker_main(&args[2..]),

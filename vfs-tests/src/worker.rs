@@ -513,7 +513,6 @@ pub fn main(args: &[String]) -> ExitCode {
     match args.first().map(String::as_str) {
         Some("fork-writers") => return fork_writers_main(&args[1..]),
         Some("fork-stale-shm") => return fork_stale_shm_main(&args[1..]),
-        Some("defect17") => return crate::defect17::main(&args[1..]),
         _ => {}
     }
     let cfg = match parse_args(args) {

@@ -6,23 +6,16 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use rusqlite::params;
 
 use crate::bench::db::{create_db, ctx, open, remove_db, set_sync};
 use crate::bench::measure::{payload, Rng};
+use crate::bench::strace::{mark, strace_call, strace_path, MARK};
 use crate::bench::{churn_trace, recheck_arg, steady, write_lock, Env};
 use crate::worker::Vfs;
-
-/// Marker prefix the audit child writes to /dev/null between phases.
-pub(crate) const MARK: &str = "WGBENCH-PHASE ";
-
-pub(crate) fn mark(devnull: &mut fs::File, phase: &str) {
-    let _ = devnull.write_all(format!("{MARK}{phase}").as_bytes());
-}
 
 /// One connection's whole life, phases marked by writes to /dev/null for strace.
 pub(crate) fn audit_child(
@@ -88,25 +81,6 @@ pub(crate) fn phase_label(p: &str) -> &'static str {
 
 /// syscall counts per phase, from an `strace -f` log.
 pub(crate) type Counts = BTreeMap<String, BTreeMap<String, u64>>;
-
-/// One line of strace output as `(call name, what follows its '(', the line without its
-/// pid)`: "PID name(args) = r" with -f, a bare "name(...)" without. `None` for resumed
-/// calls, exits, signals and anything that is not a call.
-pub(crate) fn strace_call(raw: &str) -> Option<(&str, &str, &str)> {
-    let line = raw.trim_start();
-    let line = match line.split_once(' ') {
-        Some((pid, rest)) if pid.bytes().all(|b| b.is_ascii_digit()) => rest.trim_start(),
-        _ => line,
-    };
-    if line.starts_with("<...") || line.starts_with("+++") || line.starts_with("---") {
-        return None;
-    }
-    let (name, rest) = line.split_once('(')?;
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return None;
-    }
-    Some((name, rest, line))
-}
 
 pub(crate) fn parse_strace(text: &str) -> Counts {
     let mut counts: Counts = BTreeMap::new();
@@ -191,13 +165,6 @@ pub(crate) struct AuditResult {
     pub(crate) steady: Option<(steady::Trace, steady::Trace, u64)>,
     /// The churn-cycle trace (see `churn_trace`): both sides and its cycle count.
     pub(crate) churn: Option<(steady::Trace, steady::Trace, u64)>,
-}
-
-pub(crate) fn strace_path() -> Option<PathBuf> {
-    ["/usr/bin/strace", "/bin/strace", "/usr/local/bin/strace"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
 }
 
 /// Rows of the steady-state trace's database (~3 MB; the child caches 8 pages).

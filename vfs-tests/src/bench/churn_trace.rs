@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use crate::bench::audit::mark;
 use crate::bench::db::{create_db, ctx, open};
 use crate::bench::steady::{run_traced, Trace};
+use crate::bench::strace::mark;
 use crate::worker::Vfs;
 
 /// The phases, in order: one cycle, then N cycles.

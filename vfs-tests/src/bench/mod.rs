@@ -71,7 +71,9 @@ pub(crate) mod db;
 pub(crate) mod measure;
 pub(crate) mod options;
 pub(crate) mod report;
+pub(crate) mod rounds;
 pub mod steady;
+pub(crate) mod strace;
 pub(crate) mod workloads;
 pub mod write_lock;
 
@@ -87,9 +89,10 @@ use crate::worker::Vfs;
 use measure::min_max;
 use options::{parse_opts, Opts};
 use report::{cpu_count, cpu_model, utc_now};
+use rounds::run_workload;
 use workloads::read::{create_read_db, stat_cost};
 use workloads::speedtest1::build_speedtest1;
-use workloads::{run_workload, Sizes, Workload};
+use workloads::{Sizes, Workload};
 
 /// Rows of a batched transaction (the "10,000-row transactions").
 pub(crate) const BATCH_ROWS: u64 = 10_000;

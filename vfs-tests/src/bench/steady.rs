@@ -20,9 +20,9 @@ use std::process::{Command, Stdio};
 
 use rusqlite::params;
 
-use crate::bench::audit::{mark, MARK};
 use crate::bench::db::{create_db, ctx, open, remove_db, set_sync};
 use crate::bench::measure::{payload, Rng};
+use crate::bench::strace::{mark, strace_call, strace_path, MARK};
 use crate::worker::Vfs;
 
 /// The phases, in the order the child runs them. `read`, `write` and `mmap-read` are the
@@ -225,7 +225,7 @@ pub fn budgeted(t: &Trace, phase: &str) -> u64 {
 
 /// Where strace is, if installed.
 pub fn strace() -> Option<PathBuf> {
-    crate::bench::audit::strace_path()
+    strace_path()
 }
 
 /// Runs the steady-state child of `exe` (a `vfs-tests` binary) under `strace -f -y`
@@ -437,7 +437,7 @@ pub fn parse(text: &str, db: &Path) -> Trace {
             }
             continue;
         }
-        let Some((name, rest, line)) = super::audit::strace_call(raw) else {
+        let Some((name, rest, line)) = strace_call(raw) else {
             continue;
         };
         if let Some(pos) = line.find(MARK) {

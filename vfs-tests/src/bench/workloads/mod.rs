@@ -1,5 +1,5 @@
 //! The workloads: what each measures, its sizes and target, and one VFS's run of one
-//! round ([`run_once`]); [`run_workload`] alternates the VFSs over the rounds.
+//! round ([`run_once`]); `rounds` alternates the VFSs over the rounds.
 
 pub(crate) mod busy_dir;
 pub(crate) mod churn;
@@ -9,7 +9,7 @@ pub(crate) mod speedtest1;
 pub(crate) mod write;
 
 use crate::bench::measure::{fmt_secs, median, min_max, Sample};
-use crate::bench::{Env, Side};
+use crate::bench::Env;
 use crate::worker::Vfs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -317,40 +317,4 @@ pub(crate) fn ratio_of(w: Workload, unix: &Sample, wg: &Sample) -> (f64, f64) {
             wg.cpu_per_op() / unix.cpu_per_op(),
         )
     }
-}
-
-/// One side's run of one workload in one round: in this process, or in a child of the
-/// side's binary (`--compare`).
-fn run_side(env: &Env, w: Workload, side: &Side, round: usize) -> Result<Sample, String> {
-    match &side.exe {
-        None => run_once(env, w, side.vfs, round),
-        Some(exe) => crate::bench::compare::run_in_child(env, exe, side, w, round),
-    }
-}
-
-pub(crate) fn run_workload(env: &Env, w: Workload) -> Result<WorkloadResult, String> {
-    if env.sizes.warmup {
-        for side in &env.sides {
-            run_side(env, w, side, 999)?;
-        }
-    }
-    let mut res = WorkloadResult {
-        w,
-        rounds: Vec::new(),
-        ratios: Vec::new(),
-        cpu_ratios: Vec::new(),
-    };
-    for r in 0..env.sizes.rounds {
-        // Baseline first in even rounds, candidate first in odd ones.
-        let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
-        let mut samples = [Sample::default(); 2];
-        for i in order {
-            samples[i] = run_side(env, w, &env.sides[i], r)?;
-        }
-        let (ratio, cpu) = ratio_of(w, &samples[0], &samples[1]);
-        res.ratios.push(ratio);
-        res.cpu_ratios.push(cpu);
-        res.rounds.push((samples[0], samples[1]));
-    }
-    Ok(res)
 }
