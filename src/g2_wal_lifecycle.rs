@@ -84,7 +84,6 @@ pub(crate) fn attach(node: &Arc<DbNode>, req: &MapRequest) -> Result<Arc<ShmNode
             "no stat of the database is known",
         ));
     };
-    let via = node.unix_vfs.and_then(|v| v.open_entry());
     let open = |kept| {
         ShmNode::open(
             &node.cpath,
@@ -93,12 +92,12 @@ pub(crate) fn attach(node: &Arc<DbNode>, req: &MapRequest) -> Result<Arc<ShmNode
             req.wal,
             node.locks.clone(),
             kept,
-            via,
+            node.unix_vfs,
         )
     };
     let shm = match open(st.kept.take()) {
         // Out of descriptors: idle databases give theirs back, and one more try.
-        Err(e) if e.code == ffi::SQLITE_CANTOPEN && crate::registry::evict_idle() => open(None),
+        Err(e) if e.out_of_descriptors && crate::registry::evict_idle() => open(None),
         other => other,
     }
     .map_err(|e| {
@@ -302,11 +301,13 @@ fn begin_teardown(node: &DbNode, handle: u64, shm: &ShmNode) -> Result<(), Refus
 /// At last close (`SQLITE_FCNTL_PERSIST_WAL` asked while SQLite holds EXCLUSIVE): whether
 /// handle `handle` may delete the `-wal` and `-shm`. Decided when it asked for EXCLUSIVE
 /// with the index mapped; a handle that mapped it only after (its close checkpoints a WAL
-/// it never read) decides now, the same way.
+/// it never read) decides now, the same way. A handle without a mapping (its index in
+/// heap memory: `locking_mode=EXCLUSIVE` before the WAL was first used, or a VFS without
+/// `xShm*` stacked on walguard) decides by the gate alone (see `begin_unmapped_teardown`).
 pub(crate) fn may_clean_up(node: &DbNode, handle: u64, shm: Option<&Arc<ShmNode>>) -> bool {
     let decided = match shm {
         Some(shm) => begin_teardown(node, handle, shm).is_ok(),
-        None => node.state.lock().teardown == Some(handle),
+        None => begin_unmapped_teardown(node, handle),
     };
     if decided {
         bump!(unlink_allowed);
@@ -316,6 +317,24 @@ pub(crate) fn may_clean_up(node: &DbNode, handle: u64, shm: Option<&Arc<ShmNode>
             "last-close clean-up of -wal/-shm refused: another holder still uses the WAL index");
     }
     decided
+}
+
+/// The tear-down decision of a handle that maps no index. SQLite holds EXCLUSIVE on the
+/// database for it, so no other connection holds SHARED (through unix's POSIX locks, or
+/// walguard's OFD mirror in another process), and every WAL user holds SHARED for as long
+/// as it has the database open: nobody else can be using the WAL. The gate, taken
+/// exclusively, adds that no process of any walguard build is setting up or mapping an
+/// index (this process included: the gate must be free of its own holds too); it is held
+/// until the handle leaves EXCLUSIVE, like a mapped handle's.
+fn begin_unmapped_teardown(node: &DbNode, handle: u64) -> bool {
+    if node.state.lock().teardown == Some(handle) {
+        return true;
+    }
+    if !node.locks.gate_try_exclusive(handle, 0) {
+        return false;
+    }
+    node.state.lock().teardown = Some(handle);
+    true
 }
 
 /// The handle left EXCLUSIVE (or never got it): the tear-down window ends, and the mirror

@@ -243,7 +243,7 @@ pub(crate) unsafe fn opened(
             id,
             descriptor,
             out_flags,
-            unix.map(|v| registry::UnixVfs(v)),
+            unix.map(|v| crate::unix_fd::UnixVfs(v)),
         ),
         (Kind::Wal, Some(cname)) => {
             let ident = descriptor
@@ -306,7 +306,7 @@ fn open_db(
     id: u64,
     descriptor: Option<(std::os::fd::RawFd, libc::stat)>,
     out_flags: c_int,
-    unix: Option<registry::UnixVfs>,
+    unix: Option<crate::unix_fd::UnixVfs>,
 ) -> Option<Arc<DbNode>> {
     let writable = out_flags & ffi::SQLITE_OPEN_READONLY == 0;
     let (fd, st) = match descriptor {

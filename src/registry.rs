@@ -34,6 +34,7 @@
 use crate::db_locks::DbLocks;
 use crate::fd::{self, Inode};
 use crate::shm::{Kept, ShmNode};
+use crate::unix_fd::UnixVfs;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
@@ -54,17 +55,6 @@ pub(crate) struct DbNode {
 }
 
 /// A registered os_unix.c VFS (registered VFSs live for the process).
-#[derive(Clone, Copy)]
-pub(crate) struct UnixVfs(pub *const libsqlite3_sys::sqlite3_vfs);
-
-impl UnixVfs {
-    /// Its current `open` system-call entry.
-    pub(crate) fn open_entry(self) -> Option<fd::OpenFn> {
-        // SAFETY: only made for a registered VFS that `unix_fd::is_unix` accepted.
-        unsafe { crate::unix_fd::open_entry(self.0) }
-    }
-}
-
 // SAFETY: `libc::stat` is plain data; everything mutable is behind the mutexes.
 unsafe impl Send for DbNode {}
 // SAFETY: as above.
@@ -106,6 +96,10 @@ impl DbState {
     }
 }
 
+/// The databases this process has open or keeps a `-shm` descriptor of. Lock order: the
+/// registry before a node's state (`detach`, `evict`); code holding a node's state
+/// (a first mapping's set-up) reaches the registry only through `evict_idle`, which
+/// never waits for either.
 static DBS: LazyLock<Mutex<HashMap<Inode, Arc<DbNode>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
@@ -198,21 +192,41 @@ fn evict(dbs: &mut HashMap<Inode, Arc<DbNode>>, node: &Arc<DbNode>) {
 
 /// This process ran out of descriptors: every idle database gives its kept descriptor
 /// back. Whether any was.
+///
+/// Called where a caller may hold a node's state (a handle's first mapping holds its
+/// database's through the set-up) while other threads take the registry and then a
+/// node's state (`detach`): so it never waits for either. A node whose state is held
+/// elsewhere is not idle for this purpose; a registry held elsewhere for longer than
+/// `EVICT_WAIT` means no eviction this time (the open then fails with `EMFILE`'s message).
 pub(crate) fn evict_idle() -> bool {
-    let mut dbs = DBS.lock();
-    let idle: Vec<Arc<DbNode>> = dbs
-        .values()
-        .filter(|n| {
-            let st = n.state.lock();
-            st.handles == 0 && st.kept.is_some()
-        })
-        .cloned()
-        .collect();
-    for n in &idle {
-        evict(&mut dbs, n);
+    let Some(mut dbs) = DBS.try_lock_for(EVICT_WAIT) else {
+        return false;
+    };
+    let mut evicted = Vec::new();
+    dbs.retain(|_, n| {
+        let Some(mut st) = n.state.try_lock() else {
+            return true;
+        };
+        if st.handles > 0 {
+            return true;
+        }
+        match st.kept.take() {
+            Some(k) => {
+                evicted.push(k);
+                false
+            }
+            None => true,
+        }
+    });
+    drop(dbs);
+    for k in &evicted {
+        fd::close_when_safe(k.fd, k.inode.1);
     }
-    !idle.is_empty()
+    !evicted.is_empty()
 }
+
+/// How long `evict_idle` waits for the registry.
+const EVICT_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The last mapping of `node` ended with its `-shm` still at the path: the descriptor is
 /// kept for the next one (an older kept one is closed).

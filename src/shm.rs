@@ -32,6 +32,7 @@
 use crate::db_locks::DbLocks;
 use crate::fd::{self, Lock};
 use crate::stats::bump;
+use crate::unix_fd::UnixVfs;
 use libsqlite3_sys as ffi;
 use parking_lot::Mutex;
 use std::ffi::CString;
@@ -151,6 +152,9 @@ pub(crate) struct ShmNode {
     /// (`None`: unknown). G4 watches and checks it.
     pub wal: Option<Inode>,
     pub db_locks: Arc<DbLocks>,
+    /// The OS page size as the wrapped unix VFS sees it: regions are mapped in pieces of
+    /// at least that size (os_unix.c's `unixShmRegionPerMap`).
+    page: usize,
     inner: Mutex<Inner>,
     poisoned: AtomicBool,
     /// Mirrors `Inner::mapping_ref` for the lock-free transaction-start check.
@@ -182,6 +186,8 @@ pub(crate) struct Kept {
 pub(crate) struct OpenError {
     pub code: c_int,
     pub message: String,
+    /// The open failed with `EMFILE`: descriptors kept by idle databases may help.
+    pub out_of_descriptors: bool,
 }
 
 impl ShmNode {
@@ -199,11 +205,16 @@ impl ShmNode {
         wal: Option<Inode>,
         db_locks: Arc<DbLocks>,
         kept: Option<Kept>,
-        via: Option<fd::OpenFn>,
+        unix: Option<UnixVfs>,
     ) -> Result<ShmNode, OpenError> {
+        let via = unix.and_then(|v| v.open_entry());
+        let page = unix
+            .and_then(|v| v.page_size())
+            .unwrap_or_else(os_page_size);
         let db_path = db_cpath.to_string_lossy().into_owned();
         let cpath =
             CString::new([db_cpath.to_bytes(), b"-shm"].concat()).map_err(|_| OpenError {
+                out_of_descriptors: false,
                 code: ffi::SQLITE_CANTOPEN,
                 message: format!("walguard: {db_path}: the -shm path contains a NUL byte"),
             })?;
@@ -211,9 +222,7 @@ impl ShmNode {
             if k.readonly == readonly_shm
                 && fd::stat(&cpath).is_ok_and(|s| fd::inode_of(&s) == k.inode)
             {
-                return Ok(ShmNode::new(
-                    k.fd, k.inode, cpath, db_path, k.readonly, wal, db_locks,
-                ));
+                return Ok(ShmNode::new(k, cpath, db_path, wal, db_locks, page));
             }
             fd::close_when_safe(k.fd, k.inode.1);
         }
@@ -228,6 +237,7 @@ impl ShmNode {
             Ok(fd) => (fd, false),
             Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
                 return Err(OpenError {
+                    out_of_descriptors: true,
                     code: ffi::SQLITE_CANTOPEN,
                     message: fd::open_error_message(&cpath.to_string_lossy(), &e),
                 })
@@ -236,6 +246,7 @@ impl ShmNode {
                 Ok(fd) => (fd, true),
                 Err(e) => {
                     return Err(OpenError {
+                        out_of_descriptors: e.raw_os_error() == Some(libc::EMFILE),
                         code: ffi::SQLITE_CANTOPEN,
                         message: fd::open_error_message(&cpath.to_string_lossy(), &e),
                     })
@@ -247,6 +258,7 @@ impl ShmNode {
             Err(e) => {
                 fd::close(fd);
                 return Err(OpenError {
+                    out_of_descriptors: false,
                     code: ffi::SQLITE_IOERR_FSTAT,
                     message: format!("walguard: cannot fstat {}: {e}", cpath.to_string_lossy()),
                 });
@@ -256,26 +268,30 @@ impl ShmNode {
             fd::match_new_file(fd, &st, db_stat);
         }
         let inode = fd::inode_of(&st);
-        Ok(ShmNode::new(
-            fd, inode, cpath, db_path, readonly, wal, db_locks,
-        ))
-    }
-
-    fn new(
-        fd: RawFd,
-        inode: Inode,
-        cpath: CString,
-        db_path: String,
-        readonly: bool,
-        wal: Option<Inode>,
-        db_locks: Arc<DbLocks>,
-    ) -> ShmNode {
-        ShmNode {
+        let file = Kept {
             fd,
             inode,
+            readonly,
+        };
+        Ok(ShmNode::new(file, cpath, db_path, wal, db_locks, page))
+    }
+
+    /// The node of `file`, the `-shm` at `cpath` this process opened (or kept).
+    fn new(
+        file: Kept,
+        cpath: CString,
+        db_path: String,
+        wal: Option<Inode>,
+        db_locks: Arc<DbLocks>,
+        page: usize,
+    ) -> ShmNode {
+        ShmNode {
+            page,
+            fd: file.fd,
+            inode: file.inode,
             cpath,
             db_path,
-            readonly,
+            readonly: file.readonly,
             wal,
             db_locks,
             inner: Mutex::new(Inner::default()),
@@ -335,6 +351,7 @@ impl ShmNode {
         if n != zeros.len() as isize {
             let e = std::io::Error::last_os_error();
             return Err(OpenError {
+                out_of_descriptors: false,
                 code: if e.raw_os_error() == Some(libc::ENOSPC) {
                     ffi::SQLITE_FULL
                 } else {
@@ -486,7 +503,7 @@ impl ShmNode {
                 Err(rc) => return (rc, std::ptr::null_mut()),
             }
         }
-        let per_map = regions_per_map(size);
+        let per_map = regions_per_map(size, self.page);
         let wanted = (region + per_map) / per_map * per_map;
         let mut rc = ffi::SQLITE_OK;
         if inner.regions.len() < wanted {
@@ -538,7 +555,7 @@ impl ShmNode {
                 page += 1;
             }
         }
-        let per_map = regions_per_map(size);
+        let per_map = regions_per_map(size, self.page);
         let prot = if self.readonly {
             libc::PROT_READ
         } else {
@@ -756,7 +773,7 @@ impl ShmNode {
             unsafe { libc::unlink(self.cpath.as_ptr()) };
         }
         self.end_setup(&mut inner);
-        let per_map = regions_per_map(inner.region_size.max(1));
+        let per_map = regions_per_map(inner.region_size.max(1), self.page);
         let mut mapped = MAPPED.lock();
         for chunk in inner.regions.chunks(per_map) {
             let len = inner.region_size * per_map;
@@ -805,15 +822,19 @@ impl Drop for ShmNode {
     }
 }
 
-/// Regions per `mmap` (os_unix.c's `unixShmRegionPerMap`): more than one when the OS page
+/// Regions per `mmap` (os_unix.c's `unixShmRegionPerMap`): more than one when the page
 /// is larger than a region.
-fn regions_per_map(size: usize) -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    let page = usize::try_from(page).unwrap_or(4096);
+fn regions_per_map(size: usize, page: usize) -> usize {
     if size == 0 || page <= size {
         1
     } else {
         page / size
     }
+}
+
+/// The OS page size, where the wrapped VFS cannot say.
+fn os_page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(page).unwrap_or(4096)
 }

@@ -56,18 +56,46 @@ pub(crate) unsafe fn descriptor(file: *const ffi::sqlite3_file) -> Option<(RawFd
     (st.st_mode & libc::S_IFMT == libc::S_IFREG).then_some((fd, st))
 }
 
-/// The wrapped unix VFS's current `open` system-call entry (what `xSetSystemCall("open")`
-/// installed, or the original), read at call time.
-///
-/// # Safety
-/// `vfs` is a registered `sqlite3_vfs` for which [`is_unix`] is true.
-pub(crate) unsafe fn open_entry(vfs: *const ffi::sqlite3_vfs) -> Option<crate::fd::OpenFn> {
-    // SAFETY: per the contract; os_unix.c's xGetSystemCall only looks the name up.
-    let entry = unsafe {
-        let get = (*vfs).xGetSystemCall?;
-        get(vfs as *mut ffi::sqlite3_vfs, c"open".as_ptr())?
-    };
-    // SAFETY: os_unix.c stores its open entry as `int(*)(const char*,int,int)` and casts
-    // it back to that type at every call.
-    Some(unsafe { std::mem::transmute::<unsafe extern "C" fn(), crate::fd::OpenFn>(entry) })
+/// A registered unix VFS (one [`is_unix`] accepted), whose system-call table walguard
+/// uses where it does the unix VFS's work itself (the `-shm`): the calls an application
+/// or a test replaced with `xSetSystemCall` are the ones used.
+#[derive(Clone, Copy)]
+pub(crate) struct UnixVfs(pub *const ffi::sqlite3_vfs);
+
+impl UnixVfs {
+    /// Its current `open` system-call entry (what `xSetSystemCall("open")` installed, or
+    /// the original), read at call time.
+    pub(crate) fn open_entry(self) -> Option<crate::fd::OpenFn> {
+        // SAFETY: only made for a registered VFS that `is_unix` accepted; os_unix.c stores
+        // its open entry as `int(*)(const char*,int,int)` and casts it back to that type at
+        // every call.
+        unsafe {
+            let entry = self.syscall(c"open")?;
+            Some(std::mem::transmute::<
+                unsafe extern "C" fn(),
+                crate::fd::OpenFn,
+            >(entry))
+        }
+    }
+
+    /// The page size its current `getpagesize` entry reports (os_unix.c maps the `-shm`
+    /// in pieces of that size: `unixShmRegionPerMap`); `None` if it has no such entry.
+    pub(crate) fn page_size(self) -> Option<usize> {
+        // SAFETY: as above; os_unix.c calls its getpagesize entry as `int(*)(void)`.
+        let size = unsafe {
+            let entry = self.syscall(c"getpagesize")?;
+            std::mem::transmute::<unsafe extern "C" fn(), unsafe extern "C" fn() -> c_int>(entry)()
+        };
+        usize::try_from(size).ok().filter(|&n| n > 0)
+    }
+
+    /// # Safety
+    /// `self.0` is a registered VFS.
+    unsafe fn syscall(self, name: &std::ffi::CStr) -> Option<unsafe extern "C" fn()> {
+        // SAFETY: per the contract; os_unix.c's xGetSystemCall only looks the name up.
+        unsafe {
+            let get = (*self.0).xGetSystemCall?;
+            get(self.0 as *mut ffi::sqlite3_vfs, name.as_ptr())
+        }
+    }
 }

@@ -58,3 +58,108 @@ fn switching_between_rollback_and_wal_is_no_sidecar_replacement() {
         "no replaced sidecar reported: SQLite itself deleted and recreated them"
     );
 }
+
+/// WAL with its index in heap memory (`locking_mode=EXCLUSIVE` set before the WAL is first
+/// used: no `-shm`, the handle never maps an index): leaving WAL mode and closing delete
+/// the `-wal` as they do through unix (SQLite's walnoshm.test 1.9/1.11 found a build that
+/// kept it, so the next statement reopened the database in WAL mode). Returns, per step,
+/// whether a `-wal` is left, and what the database reads.
+fn heap_memory_steps(vfs: &str) -> Result<(bool, String, bool, i64), String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("heap.db");
+    let wal = dir.path().join("heap.db-wal");
+    let a = open(&path, vfs);
+    a.execute_batch(
+        "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL;
+         CREATE TABLE t(x); INSERT INTO t VALUES (1);",
+    )
+    .map_err(|e| format!("heap-memory wal: {e}"))?;
+    if !wal.exists() || dir.path().join("heap.db-shm").exists() {
+        return Err("expected a -wal and no -shm (heap-memory WAL index)".into());
+    }
+    let mode: String = a
+        .query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))
+        .map_err(|e| format!("leave wal: {e}"))?;
+    let wal_after_switch = wal.exists();
+    // Still the rollback journal: the next statement must not find a -wal to reopen.
+    let locking: String = a
+        .query_row("PRAGMA locking_mode=NORMAL", [], |r| r.get(0))
+        .map_err(|e| format!("locking_mode: {e}"))?;
+    a.execute_batch("INSERT INTO t VALUES (2);")
+        .map_err(|e| format!("insert after: {e}"))?;
+    drop(a);
+    // Again in WAL, closed while still in WAL mode: the last close deletes the -wal.
+    let b = open(&path, vfs);
+    b.execute_batch(
+        "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL; INSERT INTO t VALUES (3);",
+    )
+    .map_err(|e| format!("wal again: {e}"))?;
+    drop(b);
+    let wal_after_close = wal.exists();
+    let n: i64 = open(&path, vfs)
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .map_err(|e| format!("count: {e}"))?;
+    Ok((
+        wal_after_switch,
+        format!("{mode} {locking}"),
+        wal_after_close,
+        n,
+    ))
+}
+
+#[test]
+fn heap_memory_wal_is_cleaned_up_as_through_unix() {
+    walguard::register(walguard::Options::default().make_default(false)).expect("register");
+    let unix = heap_memory_steps("unix").expect("plain unix");
+    assert_eq!(
+        unix,
+        (false, "delete normal".to_string(), false, 3),
+        "unix deletes the -wal"
+    );
+    assert_eq!(
+        heap_memory_steps("walguard"),
+        Ok(unix),
+        "walguard behaves as unix"
+    );
+}
+
+/// `locking_mode=EXCLUSIVE` set while the WAL index is mapped, then back to rollback mode
+/// (SQLite's wal2-6.3): the `-wal` goes, and the next write uses a rollback journal.
+/// Returns whether a `-wal` is left after the switch and after the next write, and
+/// whether that write made a journal.
+fn exclusive_after_mapping_steps(vfs: &str) -> Result<(bool, bool, bool, i64), String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("excl.db");
+    let wal = dir.path().join("excl.db-wal");
+    let a = open(&path, vfs);
+    a.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA locking_mode=EXCLUSIVE;
+         BEGIN; CREATE TABLE t(x); INSERT INTO t VALUES (1); COMMIT;",
+    )
+    .map_err(|e| format!("wal, then exclusive: {e}"))?;
+    a.execute_batch("PRAGMA journal_mode=DELETE;")
+        .map_err(|e| format!("leave wal: {e}"))?;
+    let wal_after_switch = wal.exists();
+    a.execute_batch("BEGIN; INSERT INTO t VALUES (2);")
+        .map_err(|e| format!("write: {e}"))?;
+    let wal_in_write = wal.exists();
+    let journal = dir.path().join("excl.db-journal").exists();
+    a.execute_batch("COMMIT;")
+        .map_err(|e| format!("commit: {e}"))?;
+    let n = a
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .map_err(|e| format!("count: {e}"))?;
+    Ok((wal_after_switch, wal_in_write, journal, n))
+}
+
+#[test]
+fn leaving_wal_in_exclusive_mode_is_cleaned_up_as_through_unix() {
+    walguard::register(walguard::Options::default().make_default(false)).expect("register");
+    let unix = exclusive_after_mapping_steps("unix").expect("plain unix");
+    assert_eq!(unix, (false, false, true, 2), "unix deletes the -wal");
+    assert_eq!(
+        exclusive_after_mapping_steps("walguard"),
+        Ok(unix),
+        "walguard behaves as unix"
+    );
+}
