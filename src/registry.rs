@@ -1,6 +1,9 @@
 //! Per-process state shared by every walguard handle of one database: one node per
-//! database inode (per copy of walguard loaded in the process), like os_unix.c's
-//! `unixInodeInfo`. Touched on open, first map, unmap and close — never on the per-page
+//! database inode and name (per copy of walguard loaded in the process), like os_unix.c's
+//! `unixInodeInfo`. The name is part of the key because SQLite names the `-wal` and `-shm`
+//! after it (two hard links of one file have two WALs), and because an idle node does not
+//! hold its database open: its inode number can come back as another database's, at
+//! another path. Touched on open, first map, unmap and close — never on the per-page
 //! path. Guards call the registry; the registry calls no guard.
 //!
 //! ## Ownership of descriptors and locks
@@ -100,8 +103,25 @@ impl DbState {
 /// registry before a node's state (`detach`, `evict`); code holding a node's state
 /// (a first mapping's set-up) reaches the registry only through `evict_idle`, which
 /// never waits for either.
-static DBS: LazyLock<Mutex<HashMap<Inode, Arc<DbNode>>>> =
+static DBS: LazyLock<Mutex<HashMap<Key, Arc<DbNode>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// A node's key in `DBS`: the database's inode and the name SQLite opened it by.
+type Key = (Inode, CString);
+
+impl DbNode {
+    fn key(&self) -> Key {
+        (self.inode, self.cpath.clone())
+    }
+}
+
+/// Removes `node` from `dbs` if it is the node registered under its key.
+fn unregister(dbs: &mut HashMap<Key, Arc<DbNode>>, node: &Arc<DbNode>) {
+    let key = node.key();
+    if dbs.get(&key).is_some_and(|n| Arc::ptr_eq(n, node)) {
+        dbs.remove(&key);
+    }
+}
 
 /// Registers walguard handle `handle` on the main database SQLite just opened as `cpath`,
 /// whose `fstat` is `st`. `fd` is the descriptor the unix VFS opened for it, if known
@@ -118,7 +138,7 @@ pub(crate) fn attach(
     let inode = fd::inode_of(st);
     let node = {
         let mut dbs = DBS.lock();
-        dbs.entry(inode)
+        dbs.entry((inode, cpath.to_owned()))
             .or_insert_with(|| {
                 Arc::new(DbNode {
                     inode,
@@ -159,9 +179,7 @@ pub(crate) fn detach(node: &Arc<DbNode>, handle: u64) {
     drop(st);
     if !keeps {
         // Nothing to keep: the node goes.
-        if dbs.get(&node.inode).is_some_and(|n| Arc::ptr_eq(n, node)) {
-            dbs.remove(&node.inode);
-        }
+        unregister(&mut dbs, node);
         return;
     }
     let idle: Vec<Arc<DbNode>> = dbs
@@ -177,14 +195,12 @@ pub(crate) fn detach(node: &Arc<DbNode>, handle: u64) {
 }
 
 /// Removes an idle node and closes its kept descriptor.
-fn evict(dbs: &mut HashMap<Inode, Arc<DbNode>>, node: &Arc<DbNode>) {
+fn evict(dbs: &mut HashMap<Key, Arc<DbNode>>, node: &Arc<DbNode>) {
     let mut st = node.state.lock();
     if st.handles > 0 {
         return;
     }
-    if dbs.get(&node.inode).is_some_and(|n| Arc::ptr_eq(n, node)) {
-        dbs.remove(&node.inode);
-    }
+    unregister(dbs, node);
     if let Some(k) = st.kept.take() {
         fd::close_when_safe(k.fd, k.inode.1);
     }
@@ -262,12 +278,26 @@ pub(crate) fn drop_kept_if_gone(node: &DbNode, inode: Inode) {
     fd::close(k.fd);
 }
 
-/// The node this instance has for the database named `db_path`, if a handle of it is open.
+/// The node of the database named `db_path` that a handle of this process has open, if
+/// any: nodes kept idle (their `-shm` descriptor only) do not count, and when handles are
+/// open on two files of that name (the first removed and recreated meanwhile), the one now
+/// at the path.
 pub(crate) fn find_by_path(db_path: &CStr) -> Option<Arc<DbNode>> {
-    DBS.lock()
+    let open: Vec<Arc<DbNode>> = DBS
+        .lock()
         .values()
-        .find(|n| n.cpath.as_c_str() == db_path)
+        .filter(|n| n.cpath.as_c_str() == db_path && n.state.lock().handles > 0)
         .cloned()
+        .collect();
+    if open.len() > 1 {
+        if let Ok(st) = fd::stat(db_path) {
+            let now = fd::inode_of(&st);
+            if let Some(n) = open.iter().find(|n| n.inode == now) {
+                return Some(n.clone());
+            }
+        }
+    }
+    open.into_iter().next()
 }
 
 /// A mapping of `node` was found stale (G4): new handles no longer join it.
