@@ -22,9 +22,12 @@
 //!   (processes without walguard included). Until the handle leaves EXCLUSIVE no set-up
 //!   can start anywhere.
 //!
-//! Nobody ever blocks inside SQLite on the gate. A first mapping that finds it held returns
-//! `SQLITE_BUSY`, which SQLite's WAL code treats as transient and retries for about ten
-//! seconds (then `SQLITE_PROTOCOL`); it never proceeds unguarded. A closer that finds it
+//! Nobody ever blocks inside SQLite on the gate. A first mapping of a live index joins
+//! whoever holds the gate (a process recovering that index holds it exclusively: the
+//! newcomer then meets SQLite's own RECOVER lock, as through unix). A first mapping that
+//! must set up a new index while the gate is held returns `SQLITE_BUSY`, which SQLite's
+//! WAL code treats as transient and retries for about ten seconds (then
+//! `SQLITE_PROTOCOL`); it never proceeds unguarded. A closer that finds it
 //! held skips the clean-up (always safe). A process that can open the database only
 //! read-only cannot take the gate exclusively: it sets up only when a probe finds nobody
 //! holding the gate, and waits otherwise.
@@ -110,6 +113,7 @@ pub(crate) fn attach(node: &Arc<DbNode>, req: &MapRequest) -> Result<Arc<ShmNode
         )
     })?;
     let shm = Arc::new(shm);
+    let mut gate_held = false;
     if shm.readonly {
         // A read-only index is only read: no gate (os_unix.c's rules for readonly_shm).
         match shm.lock_dms() {
@@ -122,14 +126,14 @@ pub(crate) fn attach(node: &Arc<DbNode>, req: &MapRequest) -> Result<Arc<ShmNode
             Err(rc) => return Err(lock_error(rc, &shm)),
         }
     } else {
-        set_up(node, &shm, req.handle)?;
+        gate_held = set_up(node, &shm, req.handle)?;
     }
     // A joined index must be the one at the paths (a set-up's is checked by its next
     // transactions, none of which can run on a replaced one unchecked).
     if !shm.setting_up() {
         if let Err(r) = g4::still_at_paths(node, &shm) {
             // Replaced since the open: this index is nobody's.
-            if !shm.readonly {
+            if gate_held {
                 node.locks.gate_leave();
             }
             return Err(r);
@@ -138,7 +142,7 @@ pub(crate) fn attach(node: &Arc<DbNode>, req: &MapRequest) -> Result<Arc<ShmNode
     // The mapping starts unwatched (each transaction checks with `stat`, a write holds the
     // gate while it runs): a short-lived connection never pays for watches, and its own
     // tear-down wakes no thread. G4 watches it once it has served a few transactions.
-    if !shm.readonly {
+    if gate_held {
         node.locks.gate_leave();
     }
     shm.attach();
@@ -148,22 +152,22 @@ pub(crate) fn attach(node: &Arc<DbNode>, req: &MapRequest) -> Result<Arc<ShmNode
     Ok(shm)
 }
 
-/// Joins or sets up the index of the `-shm` just opened, holding one reference on the
-/// gate on success (the caller keeps it for the mapping or gives it back). The dead-man
-/// switch is asked first: a live index is joined with the gate shared; a new one is set up
-/// with the gate (and the previous build's WRITE mirror) exclusive.
-fn set_up(node: &DbNode, shm: &ShmNode, handle: u64) -> Result<(), Refusal> {
+/// Joins or sets up the index of the `-shm` just opened. `Ok(true)`: it holds one
+/// reference on the gate (the caller gives it back once the join is checked). The
+/// dead-man switch is asked first: a live index is joined with the gate shared; a new one
+/// is set up with the gate (and the previous build's WRITE mirror) exclusive.
+///
+/// A live index whose gate another process holds exclusively is joined without it
+/// (`Ok(false)`): that process is recovering this very index (a newcomer then meets
+/// SQLite's own RECOVER and WRITE locks and waits in the busy handler, as through unix,
+/// instead of in SQLite's ten-second `SQLITE_PROTOCOL` retry loop: SQLite's
+/// walsetlk_recover test), or it is attempting a tear-down that cannot succeed while this
+/// connection holds SHARED on the database. The join is still checked against the paths,
+/// the mapping starts unwatched (each transaction checks, each write takes the gate).
+fn set_up(node: &DbNode, shm: &ShmNode, handle: u64) -> Result<bool, Refusal> {
     let locks = &node.locks;
     match shm.lock_dms() {
-        Ok(Dms::Live) | Ok(Dms::CantInit) => {
-            if !locks.gate_enter() {
-                shm.release_dms();
-                return Err(setup_busy(
-                    "WAL set-up waits: another process is setting up or tearing down this WAL",
-                ));
-            }
-            return Ok(());
-        }
+        Ok(Dms::Live) | Ok(Dms::CantInit) => return Ok(locks.gate_enter()),
         Ok(Dms::Fresh) => {}
         Err(rc) if rc == ffi::SQLITE_BUSY => {
             return Err(setup_busy(
@@ -204,7 +208,7 @@ fn set_up(node: &DbNode, shm: &ShmNode, handle: u64) -> Result<(), Refusal> {
             e.message,
         ));
     }
-    Ok(())
+    Ok(true)
 }
 
 fn stale_holders() -> Refusal {

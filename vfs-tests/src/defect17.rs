@@ -4,8 +4,9 @@
 //!   under Debian's python3) started from a `Command` the test builds (environment,
 //!   `LD_PRELOAD`, resource limits), whose replies can be awaited with a bound and
 //!   whose death by a signal is reported instead of panicking.
-//! - `vfs-tests worker defect17 hold PATH:START:LEN ...`: a helper process that holds
-//!   POSIX write locks (as a plain-unix SQLite process would) until told to release them.
+//! - `vfs-tests worker defect17 hold PATH:START:LEN[:r] ...`: a helper process that holds
+//!   POSIX write locks (read locks with `:r`), as a plain-unix SQLite process would, until
+//!   told to release them.
 //! - [`old_extension`]: the loadable extension of the build before issue 17 (commit
 //!   [`OLD_COMMIT`]), built once from the git history into `target/walguard-<commit>/`.
 //! - [`open_sidecars`]: what `/proc/PID/fd` shows of a process's `-wal`/`-shm` descriptors.
@@ -295,14 +296,36 @@ pub fn is_busy(code: i32) -> bool {
 // ---------------------------------------------------------------------------------------
 // The `hold` helper role
 
+/// Starts a `hold` helper (`exe` is the vfs-tests binary) and waits until it holds
+/// `locks` (`PATH:START:LEN[:r]`); panics if it cannot.
+pub fn hold(exe: &Path, locks: &[String]) -> Proc {
+    let mut cmd = Command::new(exe);
+    cmd.args(["worker", "defect17", "hold"]).args(locks);
+    let mut h = Proc::spawn("helper (holds locks)", cmd);
+    match h.answer(REPLY_TIMEOUT) {
+        Answer::Reply(Ok(r)) if r == "held" => h,
+        other => panic!("the helper could not hold {locks:?}: {other:?}"),
+    }
+}
+
+/// Tells a `hold` helper to release its locks and waits for it to exit.
+pub fn release(mut h: Proc) {
+    assert_eq!(
+        h.request("release").unwrap_or_else(|e| panic!("{e}")),
+        Ok("released".to_owned())
+    );
+    h.exit();
+}
+
 /// Entry point of `vfs-tests worker defect17 ROLE ...`.
 pub fn main(args: &[String]) -> ExitCode {
     match args.first().map(String::as_str) {
         Some("hold") => hold_main(&args[1..]),
         _ => {
             eprintln!(
-                "usage: vfs-tests worker defect17 hold PATH:START:LEN ...\n  \
-                 holds a POSIX write lock on each range (creating the file if missing), \
+                "usage: vfs-tests worker defect17 hold PATH:START:LEN[:r] ...\n  \
+                 holds a POSIX write lock (read lock with :r) on each range (creating the \
+                 file if missing), \
                  replies `ok held`, releases everything at the line `release` (reply \
                  `ok released`) or at end of input"
             );
@@ -314,6 +337,10 @@ pub fn main(args: &[String]) -> ExitCode {
 fn hold_main(specs: &[String]) -> ExitCode {
     let mut files = Vec::new();
     for spec in specs {
+        let (spec, read) = match spec.strip_suffix(":r") {
+            Some(s) => (s, true),
+            None => (spec.as_str(), false),
+        };
         let mut parts = spec.rsplitn(3, ':');
         let (len, start, path) = (parts.next(), parts.next(), parts.next());
         let (Some(len), Some(start), Some(path)) = (len, start, path) else {
@@ -338,7 +365,7 @@ fn hold_main(specs: &[String]) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        if let Err(e) = posix_write_lock(&file, start, len) {
+        if let Err(e) = posix_lock(&file, read, start, len) {
             println!("err -1 lock {path} bytes {start}+{len}: {e}");
             return ExitCode::from(1);
         }
@@ -365,10 +392,10 @@ fn parse_num(s: &str) -> Result<i64, std::num::ParseIntError> {
     }
 }
 
-fn posix_write_lock(file: &File, start: i64, len: i64) -> io::Result<()> {
+fn posix_lock(file: &File, read: bool, start: i64, len: i64) -> io::Result<()> {
     // SAFETY: `flock` is plain old data; all-zero is a valid value.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_type = if read { libc::F_RDLCK } else { libc::F_WRLCK } as libc::c_short;
     fl.l_whence = libc::SEEK_SET as libc::c_short;
     fl.l_start = start as libc::off_t;
     fl.l_len = len as libc::off_t;

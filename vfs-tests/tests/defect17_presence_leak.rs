@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use common::{exe, list_dir, tempdir};
 use rusqlite::Connection;
-use vfs_tests::defect17::{worker_command, Answer, Proc, REPLY_TIMEOUT};
+use vfs_tests::defect17::{hold, release, worker_command, Answer, Proc};
 use vfs_tests::worker::Vfs;
 
 /// SQLite's PENDING_BYTE; the new design's gate is PENDING_BYTE + 513.
@@ -52,24 +52,6 @@ fn create(db: &Path) {
          INSERT INTO t(tag) VALUES ('seed');",
     )
     .expect("fill the database");
-}
-
-fn hold(locks: &[String]) -> Proc {
-    let mut cmd = std::process::Command::new(exe());
-    cmd.args(["worker", "defect17", "hold"]).args(locks);
-    let mut h = Proc::spawn("helper (holds set-up locks)", cmd);
-    match h.answer(REPLY_TIMEOUT) {
-        Answer::Reply(Ok(r)) if r == "held" => h,
-        other => panic!("the helper could not hold {locks:?}: {other:?}"),
-    }
-}
-
-fn release(mut h: Proc) {
-    assert_eq!(
-        h.request("release").unwrap_or_else(|e| panic!("{e}")),
-        Ok("released".to_owned())
-    );
-    h.exit();
 }
 
 /// B writes and closes last; returns what is left in the directory.
@@ -96,11 +78,14 @@ fn a_refused_first_mapping_does_not_block_other_processes_clean_up() {
     let db = dir.path().join("app.db");
     create(&db);
     let d = db.display();
-    let h = hold(&[
-        format!("{d}-walguard:1:1"),
-        format!("{d}:{}:1", PENDING_BYTE + 513),
-        format!("{d}-shm:128:1"),
-    ]);
+    let h = hold(
+        exe(),
+        &[
+            format!("{d}-walguard:1:1"),
+            format!("{d}:{}:1", PENDING_BYTE + 513),
+            format!("{d}-shm:128:1"),
+        ],
+    );
     let mut a = Proc::spawn(
         "A (walguard)",
         worker_command(exe(), Vfs::Walguard, &db, &["--name", "A"]),
@@ -133,7 +118,7 @@ fn a_refused_first_mapping_does_not_block_other_processes_clean_up() {
     let dir = tempdir();
     let db = dir.path().join("app.db");
     create(&db);
-    let h = hold(&[format!("{}-shm:128:1", db.display())]);
+    let h = hold(exe(), &[format!("{}-shm:128:1", db.display())]);
     let mut a = Proc::spawn(
         "A (walguard)",
         worker_command(exe(), Vfs::Walguard, &db, &["--name", "A"]),
