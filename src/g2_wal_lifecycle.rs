@@ -278,7 +278,7 @@ pub(crate) fn before_exclusive(
 }
 
 /// The tear-down decision (see the module documentation): the gate exclusively, then
-/// nobody else using the index.
+/// nobody else using the index, and the index still the one at the path (two `stat`s).
 fn begin_teardown(node: &DbNode, handle: u64, shm: &ShmNode) -> Result<(), Refusal> {
     if node.state.lock().teardown == Some(handle) {
         return Ok(());
@@ -295,6 +295,17 @@ fn begin_teardown(node: &DbNode, handle: u64, shm: &ShmNode) -> Result<(), Refus
         ));
     }
     if g1::others_use(node, shm) {
+        node.locks.gate_end_exclusive(handle);
+        return Err(g1::exclusive_refusal());
+    }
+    // The index must still be the one at the path: a `-shm` or `-wal` replaced since this
+    // handle's last transaction (an outside `cp`+`mv`, unnoticed where no watcher runs or
+    // not yet noticed where one does) means others may use a newer index this one does
+    // not know. Checkpointing through it would miss their frames and could truncate the
+    // database below pages their checkpoints wrote; deleting the `-wal` would lose their
+    // commits. The mapping is poisoned instead and the close persists the WAL. With the
+    // gate held exclusively no walguard process can set an index up meanwhile.
+    if g4::check_mapping(node, shm).is_err() {
         node.locks.gate_end_exclusive(handle);
         return Err(g1::exclusive_refusal());
     }
