@@ -251,12 +251,17 @@ pub(crate) fn detach(
     // The descriptor is kept for the next mapping where the watcher will tell if the file
     // goes (registry: closing it could cancel another runtime's POSIX locks). Deleted
     // files take their kernel watches with them.
-    let keep = !shm.is_poisoned() && !delete && g4::watch_kept(node, shm);
-    if !keep {
+    let kept = if shm.is_poisoned() || delete {
+        g4::KeptWatch::No
+    } else {
+        g4::watch_kept(node, shm)
+    };
+    if kept == g4::KeptWatch::No {
         g4::unwatch(shm, !delete);
     }
-    if let Some(kept) = shm.purge(delete, keep) {
-        crate::registry::keep_shm(node, kept);
+    if let Some(mut k) = shm.purge(delete, kept != g4::KeptWatch::No) {
+        k.swept = kept == g4::KeptWatch::Swept;
+        crate::registry::keep_shm(node, k);
     }
 }
 

@@ -17,16 +17,18 @@
 //! mapping gives up the gate (`g2_wal_lifecycle`) so the replacement index can be set up.
 //!
 //! When is it noticed ([`transaction_start`], the one question `xShmLock` asks)?
-//! - **Watched mappings** (the usual case): the watcher thread (`g4_sidecar_watch`)
+//! - **Watched mappings** (a connection that lives on): the watcher thread (`g4_sidecar_watch`)
 //!   checks and poisons as soon as the kernel reports a change to either file. A read
 //!   transaction costs an atomic load. A write transaction or checkpoint also reads the
 //!   kernel's queue itself before it takes the WRITE/CKPT lock (one non-blocking `read`):
 //!   nothing is written through a sidecar removed before the write began. Reads in the
 //!   moment between an `rm` and the watcher waking still see the old index — which no
 //!   walguard process can have replaced yet, since the mapping holds the gate.
-//! - **Unwatched mappings** (`WALGUARD_WATCHER=0`, NFS/FUSE, watch limit, right after a
-//!   fork until the watcher runs again): one `stat` per sidecar at every transaction
-//!   (reads: at most every `Options::read_recheck`), a write only after it took the gate.
+//! - **Unwatched mappings** (a mapping's first transactions — its first 1,024 in a process
+//!   that watches nothing yet, else its first eight, see [`FIRST_WATCH_AFTER`] —,
+//!   `WALGUARD_WATCHER=0`, NFS/FUSE, watch limit, right after a fork until the watcher
+//!   runs again): one `stat` per sidecar at every transaction (reads: at most every
+//!   `Options::read_recheck`), a write only after it took the gate.
 //!
 //! A `stat` that fails for another reason than "no such file" returns
 //! `SQLITE_IOERR_FSTAT`: the identity cannot be confirmed, so the transaction fails with a
@@ -341,7 +343,9 @@ impl Watched for MappingWatch {
                          fail their next transaction (close and reopen them)");
                 }
             }
-            _ => registry::drop_kept_if_gone(&db, self.shm_inode),
+            _ => {
+                registry::drop_kept_if_gone(&db, self.shm_inode);
+            }
         }
     }
 
@@ -404,11 +408,27 @@ fn wal_replaced() -> Refusal {
     )
 }
 
-/// How many transactions a mapping serves unwatched before G4 watches it: a connection
-/// that opens, queries and closes (a CLI invocation, a request handler that connects per
-/// request) never pays for the watches and for the watcher thread waking at its own
-/// tear-down; one that lives on is watched from its ninth transaction.
+/// How many transactions a mapping serves unwatched before G4 watches it, in a process
+/// whose watcher already runs: a connection that opens, queries and closes (a request
+/// handler that connects per request) never pays for the watches and for the watcher
+/// thread waking at its own tear-down; one that lives on is watched from its ninth
+/// transaction.
 pub(crate) const WATCH_AFTER: u32 = 8;
+
+/// The same, for the mapping that would start the process's watcher (its inotify
+/// instance). A process that exits holding inotify watches waits in the kernel for an
+/// SRCU grace period while its descriptors close (9-18 ms measured here, whatever the
+/// number of watches; asleep, not busy): every CLI invocation and short worker would pay
+/// that at exit. An unwatched transaction costs about 1 µs more than a watched one (one
+/// `stat` per sidecar, and the gate around a write), so a process starts watching only
+/// once a mapping has paid about a tenth of that exit cost this way: at its 1,024th
+/// transaction. Later mappings of the process are watched from their ninth.
+pub(crate) const FIRST_WATCH_AFTER: u32 = 1024;
+
+/// Whether a mapping's `n`th transaction starts watching it.
+fn watch_now(n: u32) -> bool {
+    n == FIRST_WATCH_AFTER || (n == WATCH_AFTER && watch::has_instance())
+}
 
 /// Watches the sidecars of the mapping `shm`: the `-shm` through walguard's own
 /// descriptor (the file it maps, whatever the path names), the `-wal` by its path (the
@@ -418,12 +438,38 @@ fn watch(node: &Arc<DbNode>, shm: &Arc<ShmNode>) -> bool {
     watch_files(node, shm, true)
 }
 
-/// The last handle of the mapping `shm`, which was never watched, unmaps and the registry
-/// is to keep its `-shm` descriptor: from now on the watcher watches that file, so the
-/// descriptor is closed when the file goes (no process sits on a deleted `-shm`). `false`:
-/// no watcher here; the caller closes the descriptor instead.
-pub(crate) fn watch_kept(node: &Arc<DbNode>, shm: &Arc<ShmNode>) -> bool {
-    shm.watched() || shm.watch_instance() != 0 || watch_files(node, shm, false)
+/// What becomes of the `-shm` descriptor of a mapping whose last handle unmaps without a
+/// tear-down (see `registry`: closing it could cancel another runtime's POSIX locks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeptWatch {
+    /// Kept; the watcher watches the file, and the descriptor is closed when it goes.
+    Watched,
+    /// Kept; this process has no watcher yet and does not start one for a descriptor
+    /// (see [`FIRST_WATCH_AFTER`]: a CLI invocation that closes while another process
+    /// maps the database would pay the watcher's exit cost). The registry closes it once
+    /// the file is gone from its path, checked whenever a database is opened.
+    Swept,
+    /// Not kept: nothing here could tell when the file goes (no watcher possible).
+    No,
+}
+
+/// The last handle of the mapping `shm` unmaps and the registry is to keep its `-shm`
+/// descriptor: how it learns that the file went (a mapping never watched is watched from
+/// now on where the process's watcher runs).
+pub(crate) fn watch_kept(node: &Arc<DbNode>, shm: &Arc<ShmNode>) -> KeptWatch {
+    if shm.watched() || shm.watch_instance() != 0 {
+        KeptWatch::Watched
+    } else if watch::has_instance() {
+        if watch_files(node, shm, false) {
+            KeptWatch::Watched
+        } else {
+            KeptWatch::No
+        }
+    } else if watch::could_watch(shm.inode.0, shm.fd) {
+        KeptWatch::Swept
+    } else {
+        KeptWatch::No
+    }
 }
 
 fn watch_files(node: &Arc<DbNode>, shm: &Arc<ShmNode>, with_wal: bool) -> bool {
@@ -552,7 +598,7 @@ pub(crate) fn transaction_start(
     rc
 }
 
-/// The mapping has served [`WATCH_AFTER`] transactions: from now on the watcher watches
+/// The mapping has served enough transactions ([`watch_now`]): from now on the watcher watches
 /// its files (and it holds the gate while it maps). The paths are checked after the
 /// watches began, so a replacement made before is not missed (any later one is an
 /// event). Returns the watcher instance (0: no watcher here; it stays unwatched).
@@ -578,7 +624,7 @@ fn before_transaction(
     checked: &mut Checked,
 ) -> Result<bool, Refusal> {
     let mut instance = shm.watch_instance();
-    if instance == 0 && !shm.readonly && shm.count_transaction() == WATCH_AFTER {
+    if instance == 0 && !shm.readonly && watch_now(shm.count_transaction()) {
         instance = start_watching(node, shm)?;
     }
     if !shm.watched() && instance != 0 && watch::resume(instance) && shm.rehold_gate() {

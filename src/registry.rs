@@ -16,7 +16,7 @@
 //! | the carrier (`db_locks`) | the database | the unix VFS, for one connection (lent to walguard while that connection is open) | SHARED mirror, gate, previous build's WRITE mirror during a set-up | that connection closes: the locks move to another open connection's descriptor first |
 //! | the carrier, where no connection's descriptor can be read | the database | walguard | the same | the database's last walguard connection closes (closed then only if that cancels no POSIX lock of this process; else deferred) |
 //! | `ShmNode::fd` | the `-shm` | walguard (the unix VFS opens no `-shm` for a walguard connection) | WAL locks 120..127, dead-man switch 128 | the mapping's last handle unmaps; then kept, unlocked, in `DbState::kept` |
-//! | `DbState::kept` | a `-shm` this process mapped | walguard | none | reused by the next mapping if the path still names it; closed when the watcher sees it replaced or removed, when the database's node is evicted (more than [`IDLE_CAP`] idle databases, or the process ran out of descriptors), or at once where no watcher watches it (closed as above) |
+//! | `DbState::kept` | a `-shm` this process mapped | walguard | none | reused by the next mapping if the path still names it; closed when the watcher sees it replaced or removed (where the process has no watcher yet: when a database is opened after the file went, `sweep_kept`), when the database's node is evicted (more than [`IDLE_CAP`] idle databases, or the process ran out of descriptors), or at once where no watcher could watch it (closed as above) |
 //! | the watcher's inotify instance and eventfd | — | walguard | none | the process (or a watcher retired after a read error) |
 //!
 //! So an open database costs the descriptors SQLite's unix VFS would use (database,
@@ -42,6 +42,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
 
 /// One database file as this walguard instance sees it.
@@ -135,6 +136,7 @@ pub(crate) fn attach(
     unix_vfs: Option<UnixVfs>,
 ) -> Arc<DbNode> {
     register_fork_hooks();
+    sweep_kept();
     let inode = fd::inode_of(st);
     let node = {
         let mut dbs = DBS.lock();
@@ -249,25 +251,54 @@ const EVICT_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 pub(crate) fn keep_shm(node: &DbNode, kept: Kept) {
     crate::stats::bump!(kept_shm);
     let old = node.state.lock().kept.replace(kept);
+    if kept.swept {
+        SWEEP.store(true, Ordering::Relaxed);
+    }
     if let Some(old) = old.filter(|o| o.fd != kept.fd) {
         fd::close_when_safe(old.fd, old.inode.1);
     }
 }
 
-/// The watcher saw the kept `-shm` of `node` change: if the path no longer names it, it
-/// is closed (a process must not sit on a deleted `-shm` it does not use).
-pub(crate) fn drop_kept_if_gone(node: &DbNode, inode: Inode) {
+/// Whether a descriptor may be kept unwatched (`Kept::swept`): [`sweep_kept`] has work.
+static SWEEP: AtomicBool = AtomicBool::new(false);
+
+/// Kept `-shm` descriptors no watcher watches (the process has none yet,
+/// `g4_sidecar_identity::KeptWatch::Swept`) whose file is gone from its path are closed:
+/// at every open of a database, one `stat` per such descriptor (none in a process that
+/// keeps none). A process that never opens a database again holds such a descriptor until
+/// it exits.
+fn sweep_kept() {
+    if !SWEEP.swap(false, Ordering::Relaxed) {
+        return;
+    }
+    let nodes: Vec<Arc<DbNode>> = DBS.lock().values().cloned().collect();
+    let mut left = false;
+    for node in nodes {
+        let swept = node.state.lock().kept.filter(|k| k.swept);
+        if let Some(k) = swept {
+            left |= !drop_kept_if_gone(&node, k.inode);
+        }
+    }
+    if left {
+        SWEEP.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The kept `-shm` of `node` (`inode`) may have changed (the watcher saw it, or
+/// [`sweep_kept`] asks): if the path no longer names it, it is closed (a process must not
+/// sit on a deleted `-shm` it does not use). Whether the node no longer keeps it.
+pub(crate) fn drop_kept_if_gone(node: &DbNode, inode: Inode) -> bool {
     let mut st = node.state.lock();
     let Some(k) = st.kept.filter(|k| k.inode == inode) else {
-        return;
+        return true;
     };
     let Ok(path) = CString::new([node.cpath.to_bytes(), b"-shm"].concat()) else {
-        return;
+        return false;
     };
     // The kernel reports an unlink a moment before the name disappears: a file at its
     // path with no link left is on its way out (local file systems only are watched).
     if fd::stat(&path).is_ok_and(|s| fd::inode_of(&s) == inode && s.st_nlink > 0) {
-        return;
+        return false;
     }
     st.kept = None;
     drop(st);
@@ -276,6 +307,7 @@ pub(crate) fn drop_kept_if_gone(node: &DbNode, inode: Inode) {
     // probe could find the remover's lock still there and defer the close).
     crate::stats::bump!(kept_shm_dropped);
     fd::close(k.fd);
+    true
 }
 
 /// The node of the database named `db_path` that a handle of this process has open, if

@@ -180,6 +180,8 @@ pub(crate) struct Kept {
     pub fd: RawFd,
     pub inode: Inode,
     pub readonly: bool,
+    /// No watcher watches it: the registry checks it by `stat` (`registry::sweep_kept`).
+    pub swept: bool,
 }
 
 /// Why the `-shm` could not be opened.
@@ -272,6 +274,7 @@ impl ShmNode {
             fd,
             inode,
             readonly,
+            swept: false,
         };
         Ok(ShmNode::new(file, cpath, db_path, wal, db_locks, page))
     }
@@ -797,6 +800,7 @@ impl ShmNode {
                 fd: self.fd,
                 inode: self.inode,
                 readonly: self.readonly,
+                swept: false,
             });
         }
         if delete {

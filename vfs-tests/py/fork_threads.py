@@ -28,9 +28,9 @@ conn = sqlite3.connect(db, isolation_level=None)
 conn.execute("PRAGMA journal_mode=WAL")
 conn.execute("CREATE TABLE IF NOT EXISTS t(x)")
 conn.execute("INSERT INTO t VALUES (1)")
-# walguard watches a mapping from its ninth transaction on (short-lived connections are
-# never watched): enough of them that the watcher thread runs before the fork.
-for _ in range(12):
+# A process starts walguard's watcher once a mapping has served 1,024 transactions
+# (short processes never pay for it): enough of them that it runs before the fork.
+for _ in range(1100):
     conn.execute("SELECT count(*) FROM t").fetchone()
 before = threads()
 pid = os.fork()

@@ -44,6 +44,10 @@ pub const TXN_PHASES: [&str; 3] = ["read", "write", "mmap-read"];
 const CACHE_PAGES: u32 = 8;
 
 /// `vfs-tests bench-child steady`: one connection's life in marked phases.
+/// Read transactions before the steady state is measured: past walguard's unwatched
+/// start (`g4_sidecar_identity::FIRST_WATCH_AFTER`, 1,024).
+const WARM_TXNS: u64 = 1_100;
+
 pub(crate) fn child(vfs: Vfs, db: &Path, n: u64, rows: u64) -> Result<(), String> {
     let mut devnull = fs::OpenOptions::new()
         .write(true)
@@ -68,8 +72,10 @@ pub(crate) fn child(vfs: Vfs, db: &Path, n: u64, rows: u64) -> Result<(), String
     )?;
     let mut rng = Rng(0x5EED_0F57_EAD7_5A7E);
     // Warm: the first read maps the -shm and opens the -wal, the first write starts
-    // the WAL's first frames; neither belongs to the steady state.
-    for _ in 0..4 {
+    // the WAL's first frames; neither belongs to the steady state. Nor does a young
+    // connection: walguard watches a process's first mapping from its 1,024th
+    // transaction on (before that each transaction checks the sidecars with `stat`).
+    for _ in 0..WARM_TXNS {
         ctx(
             "lookup",
             lookup.query_row([(rng.next() % rows + 1) as i64], |_| Ok(())),
