@@ -444,31 +444,31 @@ fn watch(node: &Arc<DbNode>, shm: &Arc<ShmNode>) -> bool {
 pub(crate) enum KeptWatch {
     /// Kept; the watcher watches the file, and the descriptor is closed when it goes.
     Watched,
-    /// Kept; this process has no watcher yet and does not start one for a descriptor
-    /// (see [`FIRST_WATCH_AFTER`]: a CLI invocation that closes while another process
-    /// maps the database would pay the watcher's exit cost). The registry closes it once
-    /// the file is gone from its path, checked whenever a database is opened.
+    /// Kept unwatched: this process has no watcher yet and does not start one for a
+    /// descriptor (see [`FIRST_WATCH_AFTER`]: a CLI invocation that closes while another
+    /// process maps the database would pay the watcher's exit cost), or none can watch
+    /// here (`WALGUARD_WATCHER=0`, NFS/FUSE, the watch limit). The registry closes it
+    /// once the file is gone from its path, checked whenever a database is opened.
     Swept,
-    /// Not kept: nothing here could tell when the file goes (no watcher possible).
+    /// Not kept (the caller's decision: a tear-down deleted the file, or the mapping is
+    /// stale).
     No,
 }
 
-/// The last handle of the mapping `shm` unmaps and the registry is to keep its `-shm`
+/// The last handle of the mapping `shm` unmaps and the registry keeps its `-shm`
 /// descriptor: how it learns that the file went (a mapping never watched is watched from
-/// now on where the process's watcher runs).
+/// now on where the process's watcher runs). Never closed at once: closing it could
+/// cancel a POSIX lock another SQLite runtime of this process takes on the file between
+/// a probe and the close (its WAL read or write lock: the runtime would read, or recover
+/// the index, unprotected).
 pub(crate) fn watch_kept(node: &Arc<DbNode>, shm: &Arc<ShmNode>) -> KeptWatch {
-    if shm.watched() || shm.watch_instance() != 0 {
+    if shm.watched()
+        || shm.watch_instance() != 0
+        || (watch::has_instance() && watch_files(node, shm, false))
+    {
         KeptWatch::Watched
-    } else if watch::has_instance() {
-        if watch_files(node, shm, false) {
-            KeptWatch::Watched
-        } else {
-            KeptWatch::No
-        }
-    } else if watch::could_watch(shm.inode.0, shm.fd) {
-        KeptWatch::Swept
     } else {
-        KeptWatch::No
+        KeptWatch::Swept
     }
 }
 

@@ -185,20 +185,6 @@ pub(crate) fn has_instance() -> bool {
     INSTANCE.load(SeqCst) != 0
 }
 
-/// Whether [`watch`] could watch files on the file system `dev` (where `fs_fd` is open):
-/// the watcher is allowed and the file system reports every change.
-pub(crate) fn could_watch(dev: u64, fs_fd: RawFd) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        ENABLED.load(SeqCst) && sees_every_change(dev, fs_fd)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (dev, fs_fd);
-        false
-    }
-}
-
 /// Whether the watcher `instance` is running now. Two atomic loads.
 pub(crate) fn watching(instance: u64) -> bool {
     RUNNING.load(SeqCst) && INSTANCE.load(SeqCst) == instance

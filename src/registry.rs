@@ -16,7 +16,7 @@
 //! | the carrier (`db_locks`) | the database | the unix VFS, for one connection (lent to walguard while that connection is open) | SHARED mirror, gate, previous build's WRITE mirror during a set-up | that connection closes: the locks move to another open connection's descriptor first |
 //! | the carrier, where no connection's descriptor can be read | the database | walguard | the same | the database's last walguard connection closes (closed then only if that cancels no POSIX lock of this process; else deferred) |
 //! | `ShmNode::fd` | the `-shm` | walguard (the unix VFS opens no `-shm` for a walguard connection) | WAL locks 120..127, dead-man switch 128 | the mapping's last handle unmaps; then kept, unlocked, in `DbState::kept` |
-//! | `DbState::kept` | a `-shm` this process mapped | walguard | none | reused by the next mapping if the path still names it; closed when the watcher sees it replaced or removed (where the process has no watcher yet: when a database is opened after the file went, `sweep_kept`), when the database's node is evicted (more than [`IDLE_CAP`] idle databases, or the process ran out of descriptors), or at once where no watcher could watch it (closed as above) |
+//! | `DbState::kept` | a `-shm` this process mapped | walguard | none | reused by the next mapping if the path still names it; closed when the watcher sees it replaced or removed (where the process has no watcher yet: when a database is opened after the file went, `sweep_kept`), when the database's node is evicted (more than [`IDLE_CAP`] idle databases, or the process ran out of descriptors) (closed as above). Never closed at once: a probe then a close would leave a window |
 //! | the watcher's inotify instance and eventfd | — | walguard | none | the process (or a watcher retired after a read error) |
 //!
 //! So an open database costs the descriptors SQLite's unix VFS would use (database,
@@ -262,8 +262,8 @@ pub(crate) fn keep_shm(node: &DbNode, kept: Kept) {
 /// Whether a descriptor may be kept unwatched (`Kept::swept`): [`sweep_kept`] has work.
 static SWEEP: AtomicBool = AtomicBool::new(false);
 
-/// Kept `-shm` descriptors no watcher watches (the process has none yet,
-/// `g4_sidecar_identity::KeptWatch::Swept`) whose file is gone from its path are closed:
+/// Kept `-shm` descriptors no watcher watches (the process has none yet, or none can
+/// watch: `g4_sidecar_identity::KeptWatch::Swept`) whose file is gone from its path are closed:
 /// at every open of a database, one `stat` per such descriptor (none in a process that
 /// keeps none). A process that never opens a database again holds such a descriptor until
 /// it exits.

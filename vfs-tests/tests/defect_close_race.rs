@@ -27,6 +27,18 @@ use vfs_tests::defects::{build_shim, proc_locks, Driver};
 
 #[test]
 fn no_posix_lock_taken_before_walguard_closes_its_descriptor_is_lost() {
+    scenario(false);
+}
+
+/// The same without a watcher thread (`WALGUARD_WATCHER=0`): the `-shm` descriptor was
+/// closed right after a probe there (found by the torture campaign without a watcher:
+/// another runtime's WAL locks cancelled, lost commits). It is kept now, like everywhere.
+#[test]
+fn without_a_watcher_no_posix_lock_is_lost_either() {
+    scenario(true);
+}
+
+fn scenario(no_watcher: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("app.db");
     {
@@ -55,6 +67,10 @@ fn no_posix_lock_taken_before_walguard_closes_its_descriptor_is_lost() {
             ("LD_PRELOAD", shim.as_os_str()),
             ("CLOSE_WINDOW_DB", OsStr::new(db_s)),
             ("CLOSE_WINDOW_LOG", log.as_os_str()),
+            (
+                "WALGUARD_WATCHER",
+                OsStr::new(if no_watcher { "0" } else { "1" }),
+            ),
         ],
     );
     let pid = i64::from(w.pid());
