@@ -18,9 +18,11 @@
 //!   newcomer waits for that.
 //! - **Tearing down takes it exclusively.** The last-close checkpoint and unlink (and a
 //!   switch out of WAL mode) start only when this handle is the only one mapping the index
-//!   here, no other process holds the gate, and nobody else holds the dead-man switch
-//!   (processes without walguard included). Until the handle leaves EXCLUSIVE no set-up
-//!   can start anywhere.
+//!   here, no other process holds the gate, nobody else holds the dead-man switch
+//!   (processes without walguard included), and its `-shm` and `-wal` are still the files
+//!   at their paths (one replaced since the handle's last transaction means others may use
+//!   a newer index: the mapping is poisoned and the close persists the WAL). Until the
+//!   handle leaves EXCLUSIVE no set-up can start anywhere.
 //!
 //! Nobody ever blocks inside SQLite on the gate. A first mapping of a live index joins
 //! whoever holds the gate (a process recovering that index holds it exclusively: the
